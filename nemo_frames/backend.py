@@ -1,0 +1,132 @@
+"""Everything backend-specific: pandas/numpy on CPU, cuDF/CuPy on GPU.
+
+No other module imports cudf, cupy, cuml, cugraph or nvidia.dali at top level.
+GPU implementations register lazily, the first time a cuDF object is seen, so
+``import nemo_frames`` stays light and works on machines without RAPIDS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from dask.utils import Dispatch
+
+from nemo_frames.schema import EMBEDDING_TYPE
+
+Backend = Literal["pandas", "cudf"]
+
+to_matrix = Dispatch("nf_to_matrix")
+from_matrix = Dispatch("nf_from_matrix")
+
+
+@to_matrix.register(pd.Series)
+def _to_matrix_pandas(s: pd.Series, dim: int | None = None) -> np.ndarray:
+    """A ``list<float32>`` Series as a C-contiguous float32 (n, d) array."""
+    if len(s) == 0:
+        return np.zeros((0, dim or 0), dtype=np.float32)
+    arr = pa.array(s, from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arr.null_count:
+        raise ValueError(
+            f"column {s.name!r}: {arr.null_count} of {len(s)} rows have no embedding; "
+            "select rows with nf_status == 'ok' (or drop nulls) before converting to a matrix"
+        )
+    if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type)):
+        raise TypeError(f"column {s.name!r}: expected list<float32>, found {arr.type}")
+    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    n = len(s)
+    if flat.size % n:
+        raise ValueError(f"column {s.name!r}: rows have different lengths (expected one dimension for all rows)")
+    out = flat.reshape(n, -1)
+    if dim is not None and out.shape[1] != dim:
+        raise ValueError(f"column {s.name!r}: expected dimension {dim}, found {out.shape[1]}")
+    return np.ascontiguousarray(out)
+
+
+@from_matrix.register(np.ndarray)
+def _from_matrix_numpy(x: np.ndarray, index: Any = None, name: str | None = None) -> pd.Series:
+    """A float (n, d) array as a ``list<float32>`` pandas Series."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D array, found shape {x.shape}")
+    n, d = x.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)) if n else pa.array([0], pa.int32())
+    arr = pa.ListArray.from_arrays(offsets, pa.array(x.ravel()))
+    return pd.Series(arr, dtype=pd.ArrowDtype(EMBEDDING_TYPE), index=index, name=name)
+
+
+@to_matrix.register_lazy("cudf")
+def _register_cudf_to_matrix() -> None:
+    import cudf  # noqa: PLC0415
+
+    @to_matrix.register(cudf.Series)
+    def _to_matrix_cudf(s: Any, dim: int | None = None) -> Any:
+        if s.null_count:
+            raise ValueError(f"column {s.name!r}: {s.null_count} rows have no embedding")
+        out = s.list.leaves.values.reshape(len(s), -1)
+        if dim is not None and out.shape[1] != dim:
+            raise ValueError(f"column {s.name!r}: expected dimension {dim}, found {out.shape[1]}")
+        return out
+
+
+@from_matrix.register_lazy("cupy")
+def _register_cupy_from_matrix() -> None:
+    import cupy  # noqa: PLC0415
+
+    @from_matrix.register(cupy.ndarray)
+    def _from_matrix_cupy(x: Any, index: Any = None, name: str | None = None) -> Any:
+        import cudf  # noqa: PLC0415
+        import pylibcudf as plc  # noqa: PLC0415
+
+        x = cupy.ascontiguousarray(x, dtype=cupy.float32)
+        col = plc.Column.from_cuda_array_interface(x)
+        s = cudf.Series.from_pylibcudf(col, metadata={"index": index} if index is not None else None)
+        s.name = name
+        return s
+
+
+def array_module(x: Any) -> Any:
+    """numpy or cupy, whichever owns ``x``."""
+    if type(x).__module__.startswith("cupy"):
+        return importlib.import_module("cupy")
+    return np
+
+
+def frame_backend(df: Any) -> Backend:
+    """``"cudf"`` for cuDF frames/series (and Dask collections of them), else ``"pandas"``."""
+    meta = getattr(df, "_meta", df)
+    return "cudf" if type(meta).__module__.startswith("cudf") else "pandas"
+
+
+def has_module(name: str) -> bool:
+    """Whether ``name`` is importable, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def gpu_available() -> bool:
+    """Whether a CUDA device is usable by torch (imports torch lazily)."""
+    if not has_module("torch"):
+        return False
+    import torch  # noqa: PLC0415
+
+    return bool(torch.cuda.is_available())
+
+
+def require(module: str, extra: str, what: str) -> Any:
+    """Import an optional dependency or raise an ImportError that says how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} needs the optional dependency {module!r}, which is not installed. "
+            f"Install it with: uv pip install 'nemo-frames[{extra}]'"
+        ) from exc
