@@ -27,10 +27,10 @@ import numpy as np
 from nemo_frames.schema import ErrorCode, error_text
 
 __all__ = [
-    "DCT_SCALES",
     "DEFAULT_MAX_PIXELS",
     "DecodeError",
     "DecodedImage",
+    "DCT_SCALES",
     "apply_orientation",
     "dct_scale",
     "decode_batch",
