@@ -232,8 +232,8 @@ class Score:
             imgs = [decoded[i] for i in good]
             new[S.WIDTH] = _nullable([d.width for d in imgs], ok, "Int32", idx)
             new[S.HEIGHT] = _nullable([d.height for d in imgs], ok, "Int32", idx)
-            from nemo_frames.images import metrics as M
-
+            if cfg.blur or cfg.qr or cfg.phash:
+                from nemo_frames.images import metrics as M
             if cfg.blur:
                 new[S.BLUR_SCORE] = pd.Series(np.nan, index=idx, dtype="float32")
                 new[S.BLUR_SCORE].iloc[good] = np.array([M.blur_score(d.rgb) for d in imgs], dtype="float32")
