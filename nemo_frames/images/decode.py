@@ -482,7 +482,7 @@ def decode_image(
     >>> Image.fromarray(np.zeros((600, 800, 3), np.uint8)).save(buf, "JPEG")
     >>> img = decode_image(buf.getvalue(), target=224)
     >>> img.width, img.height, img.rgb.shape
-    (800, 600, (300, 400, 3))
+    (800, 600, (225, 300, 3))
     """
     _check_truncation_flag()
     if isinstance(data, (bytearray, memoryview)):
