@@ -81,7 +81,7 @@ class ScoreConfig:
     content_hash: bool = True
     max_pixels: int = 89_478_485
     keep_bytes: bool = False
-    resample: Literal["auto", "cv2-cubic", "cv2-area", "cv2-linear", "pil-bicubic"] = "auto"
+    resample: Literal["auto", "cv2-cubic", "cv2-area", "cv2-linear", "pil-bicubic"] = "cv2-linear"
     storage_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
