@@ -4,7 +4,7 @@
 PY ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PY) -m uv")
 VENV := .venv
-EXTRAS ?= clip,dev,slurm,s3,faiss
+EXTRAS ?= clip,dev,slurm,s3,faiss,dali
 
 .PHONY: install demo test test-all lint bench clean
 
