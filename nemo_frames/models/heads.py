@@ -240,7 +240,9 @@ class NsfwHead:
             raise WeightsError(f"NsfwHead: categorical dimensions {bad} are outside 0..{d - 1}")
         self._mean32 = self.mean.astype(np.float32)
         self._std32 = self.std.astype(np.float32)
-        self._linears32 = [(np.ascontiguousarray(w.T, np.float32), b.astype(np.float32)) for w, b in self.linears]
+        self._linears32 = [
+            (np.ascontiguousarray(w.T, np.float32), b.astype(np.float32)) for w, b in self.linears
+        ]
 
     @property
     def dim(self) -> int:
