@@ -238,6 +238,11 @@ class NsfwHead:
         bad = [c for c in self.vocab if not 0 <= c < d]
         if bad:
             raise WeightsError(f"NsfwHead: categorical dimensions {bad} are outside 0..{d - 1}")
+        self._mean32 = self.mean.astype(np.float32)
+        self._std32 = self.std.astype(np.float32)
+        self._linears32 = [
+            (np.ascontiguousarray(w.T, np.float32), b.astype(np.float32)) for w, b in self.linears
+        ]
 
     @property
     def dim(self) -> int:
@@ -342,12 +347,18 @@ class NsfwHead:
         return cls(mean, std, linears, vocab=table, source=str(p))
 
     def _features(self, x: np.ndarray) -> np.ndarray:
-        x = np.array(x, dtype=np.float64)  # copy: the lookup writes into it
+        """Looked-up and normalised float32 features (float32 like the original Keras model)."""
+        out = np.array(x, dtype=np.float32)  # a copy: written in place below
         for col, words in self.vocab.items():
             # C "%f" and Python "%f" both round the exact binary value to 6 decimals, so the strings
-            # match the ones TensorFlow's as_string produced when the word lists were built.
-            x[:, col] = [words.get("%f" % v, 0) for v in x[:, col].tolist()]  # noqa: UP031 - C printf semantics
-        return x
+            # match the ones TensorFlow's as_string produced when the word lists were built. The
+            # value is read from the input at its own precision, widened to float64.
+            vals = x[:, col].astype(np.float64).tolist()
+            out[:, col] = [words.get("%f" % v, 0) for v in vals]  # noqa: UP031 - C printf semantics
+        # In place: at millions of rows, fresh temporaries cost more (page faults) than the math.
+        out -= self._mean32
+        out /= self._std32
+        return out
 
     def score(self, emb: Any) -> np.ndarray:
         """NSFW probabilities, float32 ``(N,)``, of embeddings ``(N, dim)`` (numpy or torch).
@@ -356,13 +367,14 @@ class NsfwHead:
         the categorical lookup reads exact values.
         """
         x = _as_matrix(emb, self.dim, "NsfwHead")
-        h = (self._features(x) - self.mean) / self.std
-        for i, (w, b) in enumerate(self.linears):
-            h = h @ w.T + b
-            if i < len(self.linears) - 1:
+        h = self._features(x)
+        for i, (w, b) in enumerate(self._linears32):
+            h = h @ w
+            h += b
+            if i < len(self._linears32) - 1:
                 np.maximum(h, 0.0, out=h)
-        # Stable sigmoid: exp of a large positive logit would overflow.
-        z = h[:, 0]
+        # Stable sigmoid (float64): exp of a large positive logit would overflow.
+        z = h[:, 0].astype(np.float64)
         out = np.empty_like(z)
         pos = z >= 0
         out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
