@@ -75,7 +75,7 @@ def bare_loop(model_name: str, precision: str, jpegs: list[bytes], batch: int, t
 def fused(model_name: str, precision: str, shards: Path, batch: int, workers: int, n: int) -> float:
     from nemo_frames.cluster import get_client
     from nemo_frames.io.webdataset import read_webdataset
-    from nemo_frames.score import score
+    from nemo_frames.scoring import score
 
     threads = max(1, 2 // workers)
     clip = {"model": model_name, "pretrained": None, "device": "cpu", "precision": precision, "batch_size": batch, "threads": threads}

@@ -86,7 +86,7 @@ class Threshold:
         if self.column not in df.columns:
             raise FilterError(
                 f"filter {self.label!r}: column {self.column!r} not in the table (found {sorted(df.columns)[:12]}...); "
-                "run the scoring pass that computes it first (nemo_frames.score)"
+                "run the scoring pass that computes it first (nemo_frames.scoring)"
             )
         col = df[self.column]
         missing = col.isna()
@@ -167,7 +167,7 @@ class MinSize:
     def keep(self, df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
         for c in (S.WIDTH, S.HEIGHT):
             if c not in df.columns:
-                raise FilterError(f"filter {self.name!r}: column {c!r} missing; run nemo_frames.score first")
+                raise FilterError(f"filter {self.name!r}: column {c!r} missing; run nemo_frames.scoring first")
         w = df[S.WIDTH].astype("float64")
         h = df[S.HEIGHT].astype("float64")
         short = np.minimum(w, h)

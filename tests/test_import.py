@@ -8,7 +8,7 @@ HEAVY = ("torch", "open_clip", "cudf", "cupy", "cuml", "cugraph", "nvidia.dali",
 
 def test_import_is_light():
     code = (
-        "import sys, nemo_frames, nemo_frames.io.webdataset, nemo_frames.score, nemo_frames.filters;"
+        "import sys, nemo_frames, nemo_frames.io.webdataset, nemo_frames.scoring, nemo_frames.filters;"
         f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

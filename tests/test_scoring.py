@@ -12,7 +12,7 @@ pytest.importorskip("nemo_frames.images.metrics")
 from nemo_frames.backend import to_matrix
 from nemo_frames.filters import apply_filters, blur
 from nemo_frames.io.webdataset import read_webdataset
-from nemo_frames.score import score
+from nemo_frames.scoring import score
 from tests.conftest import assets_path, sample_members, write_tar
 
 TINY = {"model": "nf-tiny-vit", "pretrained": None, "device": "cpu", "batch_size": 4}
@@ -33,7 +33,7 @@ def test_fused_pass_matches_bare_open_clip_and_records_errors(shard, monkeypatch
     from nemo_frames.images import decode as D
     from nemo_frames.images.preprocess import preprocess_batch
     from nemo_frames.models.clip import get_embedder
-    from nemo_frames.score import _preprocess_params
+    from nemo_frames.scoring import _preprocess_params
 
     calls = []
     real = D.decode_image
@@ -54,7 +54,7 @@ def test_fused_pass_matches_bare_open_clip_and_records_errors(shard, monkeypatch
     from nemo_frames.io.fetch import fetch_image_bytes
 
     imgs = [real(b, max_pixels=None) for b in fetch_image_bytes(ok).image_bytes]
-    x = torch.from_numpy(preprocess_batch(imgs, params))
+    x = torch.from_numpy(preprocess_batch(imgs, params, resample=ScoreConfig().resample))
     with torch.inference_mode():
         ref = embedder.model.encode_image(x).float()
     ref = torch.nn.functional.normalize(ref, dim=-1).numpy()
