@@ -71,7 +71,9 @@ def write_shard(path: Path, samples: list[dict[str, Any]]) -> list[dict[str, Any
     members: dict[str, dict[str, list[int]]] = {}
     with tarfile.open(path) as tf:
         for m in tf.getmembers():
-            key, ext = m.name.split(".", 1)
+            head, _, base = m.name.rpartition("/")  # WebDataset rule: key ends at the basename's first dot
+            stem, ext = base.split(".", 1)
+            key = f"{head}/{stem}" if head else stem
             members.setdefault(key, {})[ext] = [m.offset_data, m.size]
     rows = []
     for s in samples:
