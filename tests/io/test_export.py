@@ -254,8 +254,13 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def _run_and_kill(script: Path, pickled: Path, out: Path, after_markers: int) -> bool:
-    """Start an export in a subprocess and SIGKILL it once ``after_markers`` shards are done; True if killed."""
+def _run_and_kill(script: Path, pickled: Path, out: Path, after_markers: int) -> str | None:
+    """Run an export in a subprocess; SIGKILL it mid-write once ``after_markers`` shards are done.
+
+    "Mid-write" = while a temporary (``.*.tmp-*``) is visible, i.e. some shard is half written. Returns what
+    the kill left behind (``"temporaries"``, ``"published without marker"``), or None if the export finished
+    first.
+    """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen([sys.executable, str(script), str(pickled), str(out)], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -263,12 +268,18 @@ def _run_and_kill(script: Path, pickled: Path, out: Path, after_markers: int) ->
     deadline = time.time() + 120
     while p.poll() is None and time.time() < deadline:
         if done.exists() and len(list(done.glob("*.json"))) >= after_markers:
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-            return True
-        time.sleep(0.002)
+            if any(".tmp-" in n for n in os.listdir(out)):
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+                files = {f.name for f in out.iterdir() if f.is_file()}
+                marked = {m.stem for m in done.glob("*.json")}
+                left = ["temporaries"] if any(".tmp-" in f for f in files) else []
+                if {f.split(".")[0] for f in files if f[0].isdigit()} - marked:
+                    left.append("published without marker")
+                return ", ".join(left)
+        time.sleep(0.0005)
     assert p.wait() == 0, p.stderr.read().decode()[-2000:]
-    return False
+    return None
 
 
 @pytest.mark.integration
@@ -288,7 +299,8 @@ def test_sigkill_mid_export_then_rerun_loses_and_duplicates_nothing(tmp_path, ki
 
     out = tmp_path / "out"
     killed = [_run_and_kill(script, pickled, out, k) for k in kill_after]
-    assert any(killed), "the export finished before any kill; the test did not exercise a crash"
+    assert any(k is not None for k in killed), "the export finished before any kill; no crash was exercised"
+    assert any(k and "temporaries" in k for k in killed)  # at least one kill landed inside a shard write
     r = write_webdataset(to_dask(frames), str(out), samples_per_shard=2, write_index=True, progress=False)
     assert r.skipped >= max(kill_after) and r.written + r.skipped == 30
     keys = output_keys(out)
