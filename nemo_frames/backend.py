@@ -63,7 +63,7 @@ def _from_matrix_numpy(x: np.ndarray, index: Any = None, name: str | None = None
 
 @to_matrix.register_lazy("cudf")
 def _register_cudf_to_matrix() -> None:
-    import cudf  # noqa: PLC0415
+    import cudf
 
     @to_matrix.register(cudf.Series)
     def _to_matrix_cudf(s: Any, dim: int | None = None) -> Any:
@@ -77,12 +77,12 @@ def _register_cudf_to_matrix() -> None:
 
 @from_matrix.register_lazy("cupy")
 def _register_cupy_from_matrix() -> None:
-    import cupy  # noqa: PLC0415
+    import cupy
 
     @from_matrix.register(cupy.ndarray)
     def _from_matrix_cupy(x: Any, index: Any = None, name: str | None = None) -> Any:
-        import cudf  # noqa: PLC0415
-        import pylibcudf as plc  # noqa: PLC0415
+        import cudf
+        import pylibcudf as plc
 
         x = cupy.ascontiguousarray(x, dtype=cupy.float32)
         col = plc.Column.from_cuda_array_interface(x)
@@ -116,7 +116,7 @@ def gpu_available() -> bool:
     """Whether a CUDA device is usable by torch (imports torch lazily)."""
     if not has_module("torch"):
         return False
-    import torch  # noqa: PLC0415
+    import torch
 
     return bool(torch.cuda.is_available())
 

@@ -1,0 +1,164 @@
+"""Parquet IO that round-trips every column type of the sample and item tables.
+
+``dd.read_parquet`` on files written from ArrowDtype list columns fails with
+``data type 'list<item: float>[pyarrow]' not understood`` (pandas #57411), so
+reading goes through an Arrow ``types_mapper`` that maps list, binary and string
+types to the pandas dtypes we use, and writing casts reserved columns to their
+canonical Arrow types first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import dask
+import dask.dataframe as dd
+import pandas as pd
+import pyarrow as pa
+
+from nemo_frames import schema as S
+from nemo_frames.backend import frame_backend
+
+_CANONICAL = {**S.SAMPLE_ARROW_TYPES, **S.ITEM_ARROW_TYPES}
+
+
+def types_mapper(t: pa.DataType) -> Any:
+    """Arrow → pandas dtype for reading: ArrowDtype for lists and binaries, ``string[pyarrow]`` for strings."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return pd.ArrowDtype(t)
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return pd.ArrowDtype(t)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return pd.StringDtype("pyarrow")
+    if pa.types.is_struct(t) or pa.types.is_map(t):
+        return pd.ArrowDtype(t)
+    return None
+
+
+def canonical_schema(df: pd.DataFrame, overrides: dict[str, pa.DataType] | None = None) -> pa.Schema:
+    """The Arrow schema a partition is written with: reserved columns get their canonical types."""
+    fields = []
+    table = pa.Schema.from_pandas(df, preserve_index=False)
+    types = {**_CANONICAL, **(overrides or {})}
+    for f in table:
+        t = types.get(f.name, f.type)
+        if pa.types.is_large_string(t) and f.name not in types:
+            t = pa.string()
+        fields.append(pa.field(f.name, t))
+    return pa.schema(fields)
+
+
+def table_from_pandas(df: pd.DataFrame, *, overrides: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """A pandas partition as an Arrow table with canonical types and no pandas metadata.
+
+    Dropping the pandas metadata keeps other readers (and pandas itself) from tripping
+    on ArrowDtype names stored as strings.
+    """
+    schema = canonical_schema(df, overrides)
+    cols = []
+    for f in schema:
+        col = df[f.name]
+        arr = pa.array(col, from_pandas=True) if not isinstance(col.dtype, pd.ArrowDtype) else pa.array(col)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        if arr.type != f.type:
+            try:
+                arr = arr.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise TypeError(
+                    f"write_parquet: column {f.name!r}: expected Arrow type {f.type}, found {arr.type} "
+                    f"that cannot be cast ({exc}); convert the column first"
+                ) from None
+        cols.append(arr)
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def to_pandas(table: pa.Table) -> pd.DataFrame:
+    """An Arrow table as pandas with our dtypes."""
+    return table.to_pandas(types_mapper=types_mapper, ignore_metadata=True)
+
+
+def write_parquet(
+    df: dd.DataFrame | pd.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    storage_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    name_function: Any = None,
+    compression: str = "zstd",
+    **kwargs: Any,
+) -> None:
+    """Write a sample or item table as Parquet (one file per partition), list columns included.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, pandas as pd
+    >>> from nemo_frames.backend import from_matrix
+    >>> pdf = pd.DataFrame({"key": ["a", "b"]}).assign(embedding=from_matrix(np.eye(2, dtype="f4")))
+    >>> d = tempfile.mkdtemp()
+    >>> write_parquet(pdf, d, overwrite=True)
+    >>> list(read_parquet(d).compute().embedding.iloc[1])
+    [0.0, 1.0]
+    """
+    if isinstance(df, pd.DataFrame):
+        df = dd.from_pandas(df, npartitions=1, sort=False)
+    if frame_backend(df) == "cudf":
+        df.to_parquet(path, write_index=False, storage_options=storage_options, overwrite=overwrite, **kwargs)
+        return
+    schema = canonical_schema(df._meta)
+    df = df.map_partitions(lambda p: p.reset_index(drop=True), meta=df._meta.reset_index(drop=True))
+    df.to_parquet(
+        os.fspath(path) if isinstance(path, os.PathLike) else path,
+        write_index=False,
+        schema=schema,
+        storage_options=storage_options,
+        overwrite=overwrite,
+        name_function=name_function,
+        compression=compression,
+        write_metadata_file=False,
+        custom_metadata=None,
+        **kwargs,
+    )
+
+
+def read_parquet(
+    path: str | os.PathLike[str] | Sequence[str],
+    *,
+    columns: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    embedding_dim: int | None = None,
+    **kwargs: Any,
+) -> dd.DataFrame:
+    """Read Parquet written by :func:`write_parquet` (or by other tools) into a Dask dataframe.
+
+    On the cuDF backend (``dask.config.set({"dataframe.backend": "cudf"})``) list columns
+    come back as cuDF lists; on pandas as ``ArrowDtype(list<float32>)``.
+
+    Parameters
+    ----------
+    embedding_dim : int, optional
+        Check that ``embedding`` rows have this dimension (on the first partition's first row),
+        and raise naming the column, the expected and the found dimension.
+    """
+    path = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if dask.config.get("dataframe.backend", "pandas") == "cudf":
+        ddf = dd.read_parquet(path, columns=columns, storage_options=storage_options, **kwargs)
+    else:
+        ddf = dd.read_parquet(
+            path,
+            columns=list(columns) if columns else None,
+            storage_options=storage_options,
+            arrow_to_pandas={"types_mapper": types_mapper, "ignore_metadata": True},
+            index=False,
+            **kwargs,
+        )
+    if embedding_dim is not None and S.EMBEDDING in ddf.columns:
+        first = ddf[S.EMBEDDING].head(1, npartitions=-1)
+        if len(first) and first.iloc[0] is not None and len(first.iloc[0]) != embedding_dim:
+            raise ValueError(
+                f"read_parquet: column 'embedding': expected dimension {embedding_dim}, found {len(first.iloc[0])}; "
+                "the embeddings come from another CLIP model — pass embedding_dim= matching it, or re-embed"
+            )
+    return ddf

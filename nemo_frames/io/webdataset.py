@@ -1,0 +1,546 @@
+"""The scan pass: WebDataset tar shards → the sample table, with byte locators.
+
+Keys follow WebDataset's rule: a member's key is its path up to the first dot of
+its basename, and its extension is everything after that dot
+(``a/b/x.seg.jpg`` → key ``a/b/x``, extension ``seg.jpg``). Consecutive members
+with the same key form one sample. The role of a member (image, caption,
+sidecar) is decided by the last dotted component of its extension, so
+``x.seg.jpg`` is an image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import dask.dataframe as dd
+import fsspec
+import numpy as np
+import pandas as pd
+
+from nemo_frames import schema as S
+from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members
+from nemo_frames.io.urls import expand_urls, group_shards
+from nemo_frames.ledger import STRING
+from nemo_frames.schema import ErrorCode, Status, error_text
+
+OnError = Literal["record", "raise"]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FIELD_DTYPES = {"string": STRING, "int": "Int64", "float": "float64", "bool": "boolean"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanConfig:
+    """Settings of the scan pass (see :func:`read_webdataset`)."""
+
+    image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+    caption_extensions: tuple[str, ...] = ("txt",)
+    json_extensions: tuple[str, ...] = ("json",)
+    caption_fields: tuple[str, ...] = ("caption", "text", "TEXT")
+    max_member_size: int = 256 << 20
+    max_sidecar_size: int = 4 << 20
+    fields: tuple[tuple[str, str], ...] = ()
+    with_bytes: bool = False
+    on_error: OnError = "record"
+
+
+class ShardScanError(RuntimeError):
+    """Raised under ``on_error="raise"`` for the first problem found in a shard."""
+
+
+# --------------------------------------------------------------------------- one shard
+def _split_key(name: str) -> tuple[str, str] | None:
+    slash = name.rfind("/")
+    dot = name.find(".", slash + 1)
+    if dot <= slash + 1 or dot == len(name) - 1:
+        return None
+    return name[:dot], name[dot + 1 :]
+
+
+def _unsafe_reason(name: str) -> str | None:
+    if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
+        return f"member {name!r} has an absolute path"
+    if ".." in name.replace("\\", "/").split("/"):
+        return f"member {name!r} has a '..' path component"
+    if _CONTROL.search(name):
+        return f"member {name!r} has control characters in its name"
+    return None
+
+
+def _role(ext: str, cfg: ScanConfig) -> str:
+    last = ext.rsplit(".", 1)[-1].lower()
+    if last in cfg.image_extensions:
+        return "image"
+    if last in cfg.caption_extensions:
+        return "caption"
+    if last in cfg.json_extensions:
+        return "json"
+    return "other"
+
+
+def _want(cfg: ScanConfig):
+    def want(name: str, size: int) -> bool:
+        sk = _split_key(name)
+        if sk is None:
+            return False
+        role = _role(sk[1], cfg)
+        if role in ("caption", "json"):
+            return size <= cfg.max_sidecar_size
+        return role == "image" and cfg.with_bytes and size <= cfg.max_member_size
+
+    return want
+
+
+def _cast_field(value: Any, kind: str) -> tuple[bool, Any]:
+    """(ok, value) for a sidecar value cast to a field kind; not ok → it stays in ``json``."""
+    if value is None:
+        return True, None
+    if kind == "string":
+        return (True, value) if isinstance(value, str) else (False, None)
+    if kind == "bool":
+        return (True, value) if isinstance(value, bool) else (False, None)
+    if isinstance(value, bool):
+        return False, None
+    if kind == "int":
+        return (True, value) if isinstance(value, int) and abs(value) < 2**63 else (False, None)
+    if kind == "float":
+        return (True, float(value)) if isinstance(value, (int, float)) else (False, None)
+    return False, None
+
+
+class _Sample:
+    __slots__ = ("error", "key", "members")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.members: list[TarMember] = []
+        self.error: str | None = None
+
+
+def _new_row(source: str) -> dict[str, Any]:
+    return {
+        S.KEY: None,
+        S.SOURCE: source,
+        S.IMAGE_MEMBER: None,
+        S.IMAGE_OFFSET: None,
+        S.IMAGE_SIZE: None,
+        S.CAPTION: None,
+        S.JSON: None,
+        S.MEMBERS: None,
+        S.IMAGE_BYTES: None,
+        S.STATUS: Status.OK.value,
+        S.ERROR: None,
+    }
+
+
+def _sample_row(sample: _Sample, source: str, cfg: ScanConfig, fields: dict[str, str]) -> dict[str, Any]:
+    row = _new_row(source)
+    row[S.KEY] = sample.key
+    exts: dict[str, list[int]] = {}
+    err: str | None = sample.error
+    image: TarMember | None = None
+    caption_m: TarMember | None = None
+    json_m: TarMember | None = None
+    for m in sample.members:
+        ext = m.name[len(sample.key) + 1 :]
+        if ext in exts and err is None:
+            err = error_text(ErrorCode.DUPLICATE_KEY, f"member {m.name!r} appears twice in sample {sample.key!r}")
+        exts[ext] = [m.data_offset, m.size]
+        if m.size > cfg.max_member_size and err is None:
+            err = error_text(
+                ErrorCode.MEMBER_TOO_LARGE,
+                f"member {m.name!r} has {m.size} bytes, over max_member_size={cfg.max_member_size}",
+            )
+        role = _role(ext, cfg)
+        if role == "image":
+            if image is None or (
+                cfg.image_extensions.index(ext.rsplit(".", 1)[-1].lower())
+                < cfg.image_extensions.index(image.name.rsplit(".", 1)[-1].lower())
+            ):
+                image = m
+        elif role == "caption" and caption_m is None:
+            caption_m = m
+        elif role == "json" and json_m is None:
+            json_m = m
+    row[S.MEMBERS] = json.dumps(exts)
+    if image is not None:
+        row[S.IMAGE_MEMBER] = image.name
+        row[S.IMAGE_OFFSET] = image.data_offset
+        row[S.IMAGE_SIZE] = image.size
+        row[S.IMAGE_BYTES] = image.data
+    elif err is None:
+        err = error_text(
+            ErrorCode.MISSING_MEMBER,
+            f"sample {sample.key!r} has no image member (looked for extensions {list(cfg.image_extensions)}; "
+            f"found {sorted(exts)}); set image_extensions= to read other formats",
+        )
+    if caption_m is not None:
+        if caption_m.data is None:
+            err = err or error_text(
+                ErrorCode.MEMBER_TOO_LARGE,
+                f"caption member {caption_m.name!r} has {caption_m.size} bytes, over max_sidecar_size={cfg.max_sidecar_size}",
+            )
+        else:
+            try:
+                row[S.CAPTION] = caption_m.data.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                err = err or error_text(ErrorCode.CAPTION_INVALID, f"{caption_m.name!r} is not UTF-8 ({exc.reason})")
+    if json_m is not None:
+        if json_m.data is None:
+            err = err or error_text(
+                ErrorCode.MEMBER_TOO_LARGE,
+                f"sidecar {json_m.name!r} has {json_m.size} bytes, over max_sidecar_size={cfg.max_sidecar_size}",
+            )
+        else:
+            try:
+                doc = json.loads(json_m.data.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as exc:
+                err = err or error_text(ErrorCode.SIDECAR_INVALID, f"{json_m.name!r} is not valid JSON ({exc})")
+                doc = None
+            if doc is not None and not isinstance(doc, dict):
+                err = err or error_text(
+                    ErrorCode.SIDECAR_INVALID, f"{json_m.name!r} holds a JSON {type(doc).__name__}, expected an object"
+                )
+                doc = None
+            if doc is not None:
+                rest: dict[str, Any] = {}
+                for k, v in doc.items():
+                    kind = fields.get(k)
+                    ok, cast = _cast_field(v, kind) if kind else (False, None)
+                    if ok:
+                        row[k] = cast
+                    else:
+                        rest[k] = v
+                if row[S.CAPTION] is None:
+                    for cf in cfg.caption_fields:
+                        if isinstance(doc.get(cf), str):
+                            row[S.CAPTION] = doc[cf]
+                            break
+                row[S.JSON] = json.dumps(rest, ensure_ascii=False, sort_keys=True) if rest else None
+    if err is not None:
+        row[S.STATUS] = Status.ERROR.value
+        row[S.ERROR] = err
+    return row
+
+
+def _error_row(source: str, code: ErrorCode, message: str, key: str | None = None) -> dict[str, Any]:
+    row = _new_row(source)
+    row[S.KEY] = key
+    row[S.STATUS] = Status.ERROR.value
+    row[S.ERROR] = error_text(code, message)
+    return row
+
+
+def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_options: dict[str, Any] | None) -> list[dict]:
+    """Scan one shard into row dicts (one per sample, plus shard-level error rows with a null key)."""
+    rows: list[dict[str, Any]] = []
+    samples: list[_Sample] = []
+    seen: set[str] = set()
+    current: _Sample | None = None
+
+    def close() -> None:
+        nonlocal current
+        if current is not None:
+            samples.append(current)
+            current = None
+
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+            try:
+                for m in iter_members(f, want=_want(cfg), max_read_size=max(cfg.max_sidecar_size, cfg.max_member_size)):
+                    if m.kind == "dir":
+                        continue
+                    unsafe = _unsafe_reason(m.name)
+                    sk = _split_key(m.name)
+                    if sk is None:
+                        close()
+                        rows.append(
+                            _error_row(
+                                url,
+                                ErrorCode.UNSAFE_MEMBER if unsafe else ErrorCode.BAD_KEY,
+                                unsafe
+                                or f"member {m.name!r} has no extension, so it has no WebDataset key (key.ext expected)",
+                                key=m.name,
+                            )
+                        )
+                        continue
+                    key = sk[0]
+                    if current is None or current.key != key:
+                        close()
+                        current = _Sample(key)
+                        if key in seen:
+                            current.error = error_text(
+                                ErrorCode.DUPLICATE_KEY,
+                                f"key {key!r} appears again at byte {m.offset} after another sample; the first one is kept",
+                            )
+                        seen.add(key)
+                    current.members.append(m)
+                    if current.error is None:
+                        if unsafe:
+                            current.error = error_text(ErrorCode.UNSAFE_MEMBER, unsafe)
+                        elif m.kind != "file":
+                            current.error = error_text(
+                                ErrorCode.UNSAFE_MEMBER,
+                                f"member {m.name!r} is a {m.kind}, not a regular file; links are never followed",
+                            )
+                close()
+            except TarTruncated as exc:
+                # The sample being read when the archive ended may be incomplete: record it.
+                if current is not None:
+                    current.error = error_text(
+                        ErrorCode.SHARD_TRUNCATED,
+                        f"the shard ends inside or right after this sample ({exc}); it may be incomplete",
+                    )
+                close()
+                rows.append(_error_row(url, ErrorCode.SHARD_TRUNCATED, f"{exc}; samples after this point are lost"))
+            except TarCorrupt as exc:
+                if current is not None:
+                    current.error = current.error or error_text(ErrorCode.SHARD_TRUNCATED, f"corrupt header after it: {exc}")
+                close()
+                rows.append(_error_row(url, ErrorCode.SHARD_UNREADABLE, f"{exc}; samples after this point are lost"))
+            except NotATar as exc:
+                rows.append(_error_row(url, ErrorCode.NOT_A_TAR, f"{url}: {exc}"))
+    except (OSError, ValueError) as exc:
+        rows.append(_error_row(url, ErrorCode.SHARD_UNREADABLE, f"{url}: {type(exc).__name__}: {exc}"))
+    return [_sample_row(s, url, cfg, fields) for s in samples] + rows
+
+
+# --------------------------------------------------------------------------- table building
+def _meta(cfg: ScanConfig, fields: dict[str, str]) -> pd.DataFrame:
+    cols: dict[str, Any] = {
+        S.KEY: STRING,
+        S.SOURCE: STRING,
+        S.IMAGE_MEMBER: STRING,
+        S.IMAGE_OFFSET: "Int64",
+        S.IMAGE_SIZE: "Int64",
+        S.CAPTION: STRING,
+    }
+    for name, kind in fields.items():
+        cols[name] = _FIELD_DTYPES[kind]
+    cols[S.JSON] = STRING
+    cols[S.MEMBERS] = STRING
+    if cfg.with_bytes:
+        cols[S.IMAGE_BYTES] = S.pandas_dtype(S.IMAGE_BYTES)
+    cols[S.STATUS] = STRING
+    cols[S.ERROR] = STRING
+    cols[S.REASON] = STRING
+    return pd.DataFrame({c: pd.Series([], dtype=t) for c, t in cols.items()})
+
+
+def _frame(rows: list[dict[str, Any]], meta: pd.DataFrame) -> pd.DataFrame:
+    data = {}
+    n = len(rows)
+    for col, dtype in meta.dtypes.items():
+        values = [r.get(col) for r in rows]
+        if isinstance(dtype, pd.ArrowDtype):
+            import pyarrow as pa
+
+            data[col] = pd.Series(pa.array(values, type=dtype.pyarrow_dtype), dtype=dtype)
+        else:
+            data[col] = pd.Series(values if n else [], dtype=dtype)
+    return pd.DataFrame(data, index=pd.RangeIndex(n))
+
+
+def _scan_partition(
+    group: Sequence[str], cfg: ScanConfig, fields: dict[str, str], storage_options: dict[str, Any] | None
+) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    for url in group:
+        rows.extend(scan_shard(url, cfg, fields, storage_options))
+    if cfg.on_error == "raise":
+        for r in rows:
+            if r[S.STATUS] == Status.ERROR.value:
+                raise ShardScanError(f"read_webdataset (on_error='raise'): {r[S.SOURCE]}: key {r[S.KEY]!r}: {r[S.ERROR]}")
+    return _frame(rows, _meta(cfg, fields))
+
+
+def infer_fields(
+    shard: str, cfg: ScanConfig, storage_options: dict[str, Any] | None, *, max_samples: int = 200
+) -> dict[str, str]:
+    """Infer sidecar field types ("string", "int", "float", "bool") from the JSON of one shard's first samples."""
+    kinds: dict[str, set[str]] = {}
+    reserved = set(S.SAMPLE_ARROW_TYPES) | {S.REASON}
+    try:
+        with fsspec.open(shard, "rb", **(storage_options or {})) as f:
+            n = 0
+            for m in iter_members(f, want=lambda name, size: name.rsplit(".", 1)[-1].lower() in cfg.json_extensions and size <= cfg.max_sidecar_size):
+                if m.data is None:
+                    continue
+                try:
+                    doc = json.loads(m.data)
+                except ValueError:
+                    continue
+                if not isinstance(doc, dict):
+                    continue
+                for k, v in doc.items():
+                    if k in reserved or not isinstance(k, str) or not k.isidentifier():
+                        continue
+                    if isinstance(v, bool):
+                        kinds.setdefault(k, set()).add("bool")
+                    elif isinstance(v, int):
+                        kinds.setdefault(k, set()).add("int")
+                    elif isinstance(v, float):
+                        kinds.setdefault(k, set()).add("float")
+                    elif isinstance(v, str):
+                        kinds.setdefault(k, set()).add("string")
+                    elif v is None:
+                        kinds.setdefault(k, set())
+                    else:
+                        kinds.setdefault(k, set()).add("nested")
+                n += 1
+                if n >= max_samples:
+                    break
+    except (OSError, NotATar, TarTruncated, TarCorrupt):
+        pass  # the scan itself records what is wrong with this shard
+    out: dict[str, str] = {}
+    for k, ks in kinds.items():
+        if not ks or "nested" in ks:
+            continue
+        if ks == {"int"}:
+            out[k] = "int"
+        elif ks <= {"int", "float"}:
+            out[k] = "float"
+        elif ks == {"bool"}:
+            out[k] = "bool"
+        elif ks == {"string"}:
+            out[k] = "string"
+    return out
+
+
+def read_webdataset(
+    urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    storage_options: dict[str, Any] | None = None,
+    image_extensions: Sequence[str] = ("jpg", "jpeg", "png", "webp"),
+    caption_fields: Sequence[str] = ("caption", "text", "TEXT"),
+    fields: dict[str, Literal["string", "int", "float", "bool"]] | Literal["infer"] | None = "infer",
+    with_bytes: bool = False,
+    partition_bytes: int | None = None,
+    max_member_size: int = 256 << 20,
+    max_sidecar_size: int = 4 << 20,
+    check_keys: Literal["shard", "dataset"] = "shard",
+    on_error: OnError = "record",
+) -> dd.DataFrame:
+    """Scan WebDataset shards into a sample table (one row per sample, image bytes left in place).
+
+    Parameters
+    ----------
+    urls : str, path or list
+        Local paths, globs, brace ranges (``"shards/{00000..00099}.tar"``), directories, or
+        any fsspec URL (``"s3://bucket/shards/*.tar"``).
+    storage_options : dict, optional
+        fsspec options for remote URLs (credentials, ``client_kwargs={"endpoint_url": ...}``).
+    image_extensions : sequence of str
+        Member extensions that hold the image, in order of preference.
+    caption_fields : sequence of str
+        JSON sidecar keys to take the caption from when the sample has no ``.txt`` member.
+    fields : dict, "infer" or None
+        Sidecar keys to turn into columns, with their kinds. ``"infer"`` looks at the first
+        shard; keys not listed (or values of another type) stay in the ``json`` column.
+    with_bytes : bool
+        Also read image bytes into an ``image_bytes`` column (for a fused pass over small data).
+    partition_bytes : int, optional
+        Pack consecutive small shards into partitions of about this many bytes. Default: one
+        partition per shard.
+    max_member_size, max_sidecar_size : int
+        Caps checked from tar headers before anything is read.
+    check_keys : {"shard", "dataset"}
+        Detect repeated keys within each shard (free), or across the whole dataset (one
+        extra pass over the ``key`` column).
+    on_error : {"record", "raise"}
+        Record problems in the ledger columns and go on (default), or raise on the first one.
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        Columns ``key, source, image_member, image_offset, image_size, caption``, the sidecar
+        fields, ``json, nf_members`` (every member's ``[offset, size]`` by extension),
+        optionally ``image_bytes``, and the ledger ``nf_status, nf_error, nf_reason``.
+        Shard-level problems (truncated or unreadable shards) are rows with a null key.
+
+    Raises
+    ------
+    NoShardsFound
+        When no shard matches ``urls``.
+
+    Examples
+    --------
+    >>> df = read_webdataset("shards/{00000..00009}.tar")  # doctest: +SKIP
+    >>> df[df.nf_status == "ok"].caption.head()  # doctest: +SKIP
+    """
+    shards = expand_urls(urls, storage_options=storage_options)
+    if fields == "infer":
+        cfg0 = ScanConfig(image_extensions=tuple(image_extensions))
+        fields_d = infer_fields(shards[0].url, cfg0, storage_options)
+    else:
+        fields_d = dict(fields or {})
+        bad = {k: v for k, v in fields_d.items() if v not in _FIELD_DTYPES}
+        if bad:
+            raise ValueError(
+                f"read_webdataset: fields={bad!r}: expected kinds {sorted(_FIELD_DTYPES)}; "
+                "pass e.g. fields={'width': 'int', 'url': 'string'}"
+            )
+    cfg = ScanConfig(
+        image_extensions=tuple(e.lower() for e in image_extensions),
+        caption_fields=tuple(caption_fields),
+        max_member_size=max_member_size,
+        max_sidecar_size=max_sidecar_size,
+        fields=tuple(sorted(fields_d.items())),
+        with_bytes=with_bytes,
+        on_error=on_error,
+    )
+    groups = [[s.url for s in g] for g in group_shards(shards, partition_bytes=partition_bytes)]
+    meta = _meta(cfg, fields_d)
+    ddf = dd.from_map(
+        _scan_partition,
+        groups,
+        cfg=cfg,
+        fields=fields_d,
+        storage_options=storage_options,
+        meta=meta,
+        label="nf-scan",
+        enforce_metadata=False,
+    )
+    if check_keys == "dataset":
+        ddf = mark_duplicate_keys(ddf)
+    return ddf
+
+
+def mark_duplicate_keys(ddf: dd.DataFrame) -> dd.DataFrame:
+    """Mark every occurrence of a key after its first (by partition order) as ``duplicate_key``.
+
+    Runs one pass over the ``key`` column to find repeated keys (usually none), then marks
+    rows partition by partition. Rows already errored are left as they are.
+    """
+    ok = ddf[ddf[S.STATUS] == Status.OK.value]
+    keys = ok[[S.KEY]].map_partitions(
+        lambda df, partition_info=None: df.assign(_part=(partition_info or {}).get("number", 0)),
+        meta=ok._meta[[S.KEY]].assign(_part=np.int64(0)),
+    )
+    counts = keys.groupby(S.KEY)["_part"].agg(["count", "min"]).compute()
+    dups = counts[counts["count"] > 1]
+    if dups.empty:
+        return ddf
+    first = dict(zip(dups.index, dups["min"], strict=True))
+
+    def mark(df: pd.DataFrame, partition_info: dict | None = None) -> pd.DataFrame:
+        from nemo_frames.ledger import mark_error
+
+        part = (partition_info or {}).get("number", 0)
+        is_ok = df[S.STATUS] == Status.OK.value
+        cand = df[S.KEY].isin(list(first)) & is_ok
+        if not cand.any():
+            return df
+        # Within the first partition holding a key, its first row stays; everything after is a repeat.
+        later = cand & (df[S.KEY].map(lambda k: first.get(k, -1)).astype("int64") < part)
+        same = cand & ~later
+        repeat_here = same & df[S.KEY].where(same).duplicated(keep="first") & same
+        mask = later | repeat_here
+        return mark_error(df, mask, ErrorCode.DUPLICATE_KEY, "key appears in an earlier sample of the dataset; the first one is kept")
+
+    return ddf.map_partitions(mark, meta=ddf._meta)
