@@ -198,6 +198,10 @@ class Committer:
         Remove temporaries (``.*.tmp-*``) left by killed writers. Do this once per
         run, on the driver, before workers start writing: a worker-side committer
         is obtained by pickling this one, which does not sweep again.
+    fsync : bool
+        fsync data files before the rename (local filesystems). A killed *process*
+        never needs it (the page cache survives); a machine crash or power loss does.
+        Markers and ``_config.json`` are always fsynced.
 
     Examples
     --------
@@ -222,6 +226,7 @@ class Committer:
         overwrite: bool = False,
         run_files: tuple[str, ...] = (),
         sweep: bool = True,
+        fsync: bool = True,
     ) -> None:
         self.storage_options = dict(storage_options or {})
         self.fs, path = fsspec.core.url_to_fs(str(root), **self.storage_options)
@@ -232,6 +237,7 @@ class Committer:
         self.config_hash = config_hash(self.config)
         self.local = is_local(self.fs)
         self.run_files = tuple(run_files)
+        self.fsync = fsync
         self._open(overwrite=overwrite, sweep=sweep)
 
     # ------------------------------------------------------------------ paths
@@ -471,7 +477,7 @@ class Committer:
             with open(tmp, "wb") as f:
                 size, digest = _write_content(f, content)
                 f.flush()
-                if self.local:
+                if self.local and self.fsync:
                     os.fsync(f.fileno())
             staged[fname] = (tmp, size, digest)
 
@@ -522,7 +528,7 @@ class Committer:
                 else:
                     self.fs.put_file(tmp, self.path(fname))
                     self._invalidate(self.path(fname))
-            if self.local:
+            if self.local and self.fsync:
                 _fsync_dir(self.root)
             marker = {
                 "name": name,

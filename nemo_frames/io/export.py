@@ -110,6 +110,19 @@ def safe_key(key: str) -> str:
 
 
 def _tar_header(name: str, size: int) -> bytes:
+    """The GNU tar header of a regular member (with ``././@LongLink`` blocks for names over 100 bytes)."""
+    raw = name.encode("utf-8")
+    if len(raw) <= 100 and size < 8**11:
+        # Fast path for the usual case, byte-identical to tarfile's GNU header (checked by a test).
+        head = bytearray(_HEADER_TEMPLATE)
+        head[0 : len(raw)] = raw
+        head[124:136] = b"%011o\0" % size
+        head[148:156] = b"%06o\0 " % sum(head)  # checksum over the header with its field as spaces
+        return bytes(head)
+    return _tar_header_slow(name, size)
+
+
+def _tar_header_slow(name: str, size: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = TAR_MTIME
@@ -121,12 +134,25 @@ def _tar_header(name: str, size: int) -> bytes:
     return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "strict")
 
 
+def _header_template() -> bytes:
+    # A header with every constant field filled in and the checksum field as 8 spaces, as the checksum
+    # is computed; the name and size fields are zero, so adding them later only adds their bytes.
+    h = bytearray(_tar_header_slow("x", 0))
+    h[0:100] = b"\0" * 100
+    h[124:136] = b"\0" * 12
+    h[148:156] = b" " * 8
+    return bytes(h)
+
+
 @dataclass
 class _Plan:
     """Where every member of a shard goes: headers and data offsets, computed before writing."""
 
     members: list[list[tuple[str, bytes, int, int]]]  # per sample: (ext, header, data_offset, size)
     total: int
+
+
+_HEADER_TEMPLATE = _header_template()
 
 
 def _plan(keys: Sequence[str], blobs: Sequence[list[tuple[str, bytes]]]) -> _Plan:
@@ -259,22 +285,21 @@ def _write_shard(job: _ShardJob, i: int, parts: list[dict[int, pd.DataFrame]]) -
     pdf = pd.concat(frames) if frames else pd.DataFrame()
     pdf = pdf.reset_index(drop=True)
     members = _members_of(pdf)
+    member_text = members.tolist()
+    row_keys = pdf[KEY].tolist()
+    row_sources = pdf[SOURCE].tolist() if SOURCE in pdf else [None] * len(pdf)
     errors: list[dict[str, Any]] = []
 
     def fail(row: int, code: ErrorCode, msg: str) -> None:
         text = error_text(code, f"export: {msg}")
         if job.on_error == "raise":
             raise ExportError(
-                f"export: sample {pdf[KEY].iloc[row]!r} from {pdf[SOURCE].iloc[row] if SOURCE in pdf else '?'} "
+                f"export: sample {row_keys[row]!r} from {row_sources[row] or '?'} "
                 f"could not be written to shard {name}: {text}. Pass on_error='record' to record such rows "
                 "in _errors.parquet and continue."
             )
-        errors.append({
-            "key": _str(pdf[KEY].iloc[row]),
-            "source": _str(pdf[SOURCE].iloc[row]) if SOURCE in pdf else None,
-            "nf_error": text,
-            "stage": "export",
-        })
+        errors.append({"key": _str(row_keys[row]), "source": _str(row_sources[row]), "nf_error": text,
+                       "stage": "export"})
 
     fetch_df = pdf.assign(**{MEMBERS: members})
     has = members.notna().to_numpy()
@@ -297,7 +322,7 @@ def _write_shard(job: _ShardJob, i: int, parts: list[dict[int, pd.DataFrame]]) -
         if data[row] is None:
             fail(row, ErrorCode.FETCH_ERROR, str(fetch_err[row]))
             continue
-        order = list(json.loads(members.iloc[row]))
+        order = list(json.loads(member_text[row]))
         if job.members:
             order = [e for e in order if e in job.members]
         got = data[row] or {}
@@ -309,7 +334,7 @@ def _write_shard(job: _ShardJob, i: int, parts: list[dict[int, pd.DataFrame]]) -
         if bad:
             fail(row, ErrorCode.UNSAFE_MEMBER, f"member extensions {bad} are not [a-z0-9_-] (dot-separated)")
             continue
-        k = safe_key(str(pdf[KEY].iloc[row]))
+        k = safe_key(str(row_keys[row]))
         if k in seen:
             fail(row, ErrorCode.DUPLICATE_KEY, f"key {k!r} already written in shard {name}")
             continue
@@ -426,6 +451,7 @@ def write_webdataset(
     on_error: Literal["record", "raise"] = "record",
     overwrite: bool = False,
     progress: bool = True,
+    fsync: bool = True,
 ) -> ExportResult:
     """Write the ``ok`` rows of a sample table as WebDataset shards + Parquet + stats.
 
@@ -459,6 +485,9 @@ def write_webdataset(
         Delete an earlier export in ``path`` first (needed when the config or input changed).
     progress : bool
         Show a progress bar of shards written.
+    fsync : bool
+        fsync each file before publishing it (local output). Turning it off is safe
+        against killed processes and workers, not against a machine crash.
 
     Returns
     -------
@@ -518,7 +547,13 @@ def write_webdataset(
         "input": {"rows_ok": total, "fingerprint": fp.hexdigest()[:16]},
     }
     committer = Committer(
-        path, stage=STAGE, config=config, storage_options=storage_options, overwrite=overwrite, run_files=RUN_FILES
+        path,
+        stage=STAGE,
+        config=config,
+        storage_options=storage_options,
+        overwrite=overwrite,
+        run_files=RUN_FILES,
+        fsync=fsync,
     )
     n_shards = math.ceil(total / samples_per_shard)
     names = [f"{i:05d}" for i in range(n_shards)]
