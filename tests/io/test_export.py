@@ -182,7 +182,7 @@ def test_byte_identical_across_reruns_workers_and_partitioning(dataset, tmp_path
         runs[label] = digests(out)
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster):
         write_webdataset(to_dask(frames), str(out), samples_per_shard=4, write_index=True, overwrite=True,
                          progress=False)
