@@ -1,0 +1,122 @@
+"""Fused scoring pass vs a bare open_clip loop: CLIP images/s, same model, batch and dtype.
+
+Baseline: ``model.encode_image`` over tensors that open_clip's own preprocess made
+beforehand (decode + preprocess not timed). Ours: the whole fused pass through
+Dask — fetch bytes from the tar, decode (DCT-reduced), preprocess, embed — on a
+LocalCluster with 1 worker × 2 torch threads, or 2 workers × 1 thread.
+Random weights (no download); timing does not depend on the weight values.
+
+Run:  .venv/bin/python benchmarks/score_throughput.py [--n 64] [--models ViT-B-32 ViT-L-14]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def make_photos(n: int, out: Path) -> list[bytes]:
+    import cv2
+    import skimage.data as d
+    from PIL import Image
+
+    from tests.conftest import sample_members, write_tar
+
+    base = [d.astronaut(), d.chelsea(), d.coffee(), d.rocket(), d.stereo_motorcycle()[0], d.hubble_deep_field()]
+    rng = np.random.default_rng(0)
+    jpegs = []
+    for i in range(n):
+        img = base[i % len(base)]
+        w, h = [(1024, 768), (1600, 1200), (800, 600)][i % 3]
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_CUBIC)
+        x0 = int(rng.integers(0, 32))
+        img = np.ascontiguousarray(img[x0:, x0:])
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    half = n // 2
+    for s, chunk in enumerate((jpegs[:half], jpegs[half:])):
+        members = []
+        for i, b in enumerate(chunk):
+            members += sample_members(f"s{s}_{i:05d}", b, f"photo {i}")
+        write_tar(out / f"{s:05d}.tar", members)
+    return jpegs
+
+
+def bare_loop(model_name: str, precision: str, jpegs: list[bytes], batch: int, threads: int) -> float:
+    import open_clip
+    import torch
+    from PIL import Image
+
+    torch.set_num_threads(threads)
+    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
+    model.eval()
+    if precision == "bf16":
+        model = model.to(torch.bfloat16)
+    x = torch.stack([preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs])
+    if precision == "bf16":
+        x = x.to(torch.bfloat16)
+    with torch.inference_mode():
+        model.encode_image(x[:batch])  # warm-up
+        t = time.perf_counter()
+        for s in range(0, len(x), batch):
+            torch.nn.functional.normalize(model.encode_image(x[s : s + batch]).float(), dim=-1)
+        return len(x) / (time.perf_counter() - t)
+
+
+def fused(model_name: str, precision: str, shards: Path, batch: int, workers: int, n: int) -> float:
+    from nemo_frames.cluster import get_client
+    from nemo_frames.io.webdataset import read_webdataset
+    from nemo_frames.score import score
+
+    threads = max(1, 2 // workers)
+    clip = {"model": model_name, "pretrained": None, "device": "cpu", "precision": precision, "batch_size": batch, "threads": threads}
+    with get_client("local", n_workers=workers, threads_per_worker=1, torch_threads=threads) as client:
+        df = read_webdataset(str(shards / "*.tar"))
+        # Warm-up: load the model on every worker (a real run loads it once per worker too).
+        warm = score(df.partitions[0].head(2, compute=False), clip=clip, blur=False, phash=False, content_hash=False)
+        client.run(lambda: None)
+        futs = [client.compute(warm) for _ in range(workers)]
+        [f.result() for f in futs]
+        t = time.perf_counter()
+        out = client.compute(score(df, clip=clip, blur=False, phash=False, content_hash=False)).result()
+        dt = time.perf_counter() - t
+    assert (out.nf_status == "ok").sum() == n
+    return n / dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-L-14"])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    jpegs = make_photos(a.n, tmp)
+    rows = []
+    for m in a.models:
+        for p in a.precisions:
+            base = bare_loop(m, p, jpegs, a.batch, threads=2)
+            for w in a.workers:
+                ours = fused(m, p, tmp, a.batch, w, a.n)
+                rows.append((m, p, w, base, ours, ours / base))
+                print(f"  {m} {p} workers={w}: bare {base:.2f} img/s, fused {ours:.2f} img/s", flush=True)
+    print(f"\n{a.n} web-size JPEGs (800x600..1600x1200), batch {a.batch}, 2 cores, random weights\n")
+    print("| model | dtype | workers × threads | bare open_clip loop (img/s, pre-decoded) | fused pass (img/s, incl. fetch+decode+preprocess) | ratio |")
+    print("|---|---|---|---|---|---|")
+    for m, p, w, base, ours, r in rows:
+        print(f"| {m} | {p} | {w} × {max(1, 2 // w)} | {base:.2f} | {ours:.2f} | {r:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
