@@ -101,7 +101,7 @@ def safe_key(key: str) -> str:
     >>> safe_key("000123")
     '000123'
     >>> safe_key("img.v1/../x")
-    'img_v1____x_3c5d52d9d2a5'
+    'img_v1____x_20f15bcef0ff'
     """
     if _SAFE_KEY_RE.match(key):
         return key
