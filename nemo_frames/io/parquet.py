@@ -123,6 +123,27 @@ def write_parquet(
     )
 
 
+def _data_files(path: Any, storage_options: dict[str, Any] | None) -> Any:
+    """A directory becomes its ``*.parquet`` files, leaving out ``_``/``.``-prefixed ones.
+
+    Export writes run-level files (``_errors.parquet``) beside the shards, and temporaries
+    start with a dot; Spark and pyarrow datasets skip both by the same rule.
+    """
+    if not isinstance(path, str):
+        return path
+    from fsspec.core import url_to_fs
+
+    fs, p = url_to_fs(path, **(storage_options or {}))
+    if not fs.isdir(p):
+        return path
+    files = sorted(
+        f for f in fs.find(p) if f.endswith(".parquet") and not any(part[:1] in "_." for part in f[len(p) :].split("/") if part)
+    )
+    if not files:
+        raise FileNotFoundError(f"read_parquet: no *.parquet data files under {path!r}")
+    return [fs.unstrip_protocol(f) if "://" in path else f for f in files]
+
+
 def read_parquet(
     path: str | os.PathLike[str] | Sequence[str],
     *,
@@ -142,7 +163,7 @@ def read_parquet(
         Check that ``embedding`` rows have this dimension (on the first partition's first row),
         and raise naming the column, the expected and the found dimension.
     """
-    path = os.fspath(path) if isinstance(path, os.PathLike) else path
+    path = _data_files(os.fspath(path) if isinstance(path, os.PathLike) else path, storage_options)
     if dask.config.get("dataframe.backend", "pandas") == "cudf":
         ddf = dd.read_parquet(path, columns=columns, storage_options=storage_options, **kwargs)
     else:
