@@ -50,12 +50,26 @@ def _to_matrix_pandas(s: pd.Series, dim: int | None = None) -> np.ndarray:
 
 
 @from_matrix.register(np.ndarray)
-def _from_matrix_numpy(x: np.ndarray, index: Any = None, name: str | None = None) -> pd.Series:
-    """A float (n, d) array as a ``list<float32>`` pandas Series."""
+def _from_matrix_numpy(
+    x: np.ndarray, index: Any = None, name: str | None = None, valid: np.ndarray | None = None
+) -> pd.Series:
+    """A float (n, d) array as a ``list<float32>`` pandas Series.
+
+    ``valid`` (bool, length n+k) spreads the n rows of ``x`` over the True slots and
+    leaves nulls in the False ones (rows that errored before embedding).
+    """
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D array, found shape {x.shape}")
     n, d = x.shape
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        if int(valid.sum()) != n:
+            raise ValueError(f"valid has {int(valid.sum())} True slots for {n} rows")
+        lengths = np.where(valid, d, 0).astype(np.int32)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        arr = pa.ListArray.from_arrays(offsets, pa.array(x.ravel()), mask=pa.array(~valid))
+        return pd.Series(arr, dtype=pd.ArrowDtype(EMBEDDING_TYPE), index=index, name=name)
     offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)) if n else pa.array([0], pa.int32())
     arr = pa.ListArray.from_arrays(offsets, pa.array(x.ravel()))
     return pd.Series(arr, dtype=pd.ArrowDtype(EMBEDDING_TYPE), index=index, name=name)
