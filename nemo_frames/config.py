@@ -109,7 +109,7 @@ class ClipSection:
 
 
 @dataclass
-class ScoreConfig:
+class ScoreSection:
     """The fused score pass: which operators run, and how.
 
     Parameters
@@ -119,7 +119,7 @@ class ScoreConfig:
     aesthetic, nsfw : str or None
         Paths to the LAION aesthetic / NSFW head weights (need ViT-L-14 embeddings).
     blur, qr, phash, content_hash : bool
-        Pixel operators.
+        Pixel operators (QR detection is the slowest of them, so it is off unless asked for).
     precision : {"fp32", "bf16", "fp16"}
         Precision of the CLIP weights (bf16 is much faster on CPUs with AMX; see docs/performance.md).
     batch_size : int
@@ -133,7 +133,7 @@ class ScoreConfig:
     aesthetic: str | None = None
     nsfw: str | None = None
     blur: bool = True
-    qr: bool = True
+    qr: bool = False
     phash: bool = True
     content_hash: bool = True
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -286,7 +286,7 @@ class PipelineConfig:
     input: InputConfig = field(default_factory=InputConfig)
     output: str = "out"
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    score: ScoreConfig = field(default_factory=ScoreConfig)
+    score: ScoreSection = field(default_factory=ScoreSection)
     filters: list[FilterSpec] = field(default_factory=list)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
