@@ -530,7 +530,8 @@ def curate(
             urls = _urls(cfg)
             scanned = _scan(cfg)
         _say(f"scan: {len(urls)} shard(s) in {scanned.npartitions} partition(s)", quiet=not progress)
-        plan = plan_score(cfg)
+        with timer("plan"):
+            plan = plan_score(cfg)
         notes += plan.notes
         for n_ in plan.notes:
             _say(n_, quiet=not progress)
