@@ -188,18 +188,22 @@ class SemanticSection:
     ----------
     eps : float
         Pairs with cosine similarity ``>= 1 - eps`` are duplicates.
-    n_clusters : int
-        k-means clusters (more clusters: less work per cluster).
-    mode : {"components", "curator"}
-        ``components``: keep one per connected group (SemDeDup); ``curator``: NeMo Curator's rule.
+    n_clusters : int, optional
+        k-means clusters (default: one per ~1000 rows; more clusters, less work per cluster).
+    mode : {"components", "nemo_curator"}
+        ``components``: keep one per connected group (SemDeDup); ``nemo_curator``: NeMo Curator's
+        rule (drop every row similar to an earlier-ranked one).
+    policy : {"farthest_centroid", "nearest_centroid", "max_score", "smallest_key"}
+        Which row of a group survives (``max_score`` uses ``dedup.score_column``).
     sweep : list of float
-        eps values of the sweep shown in the report.
+        eps values of the sweep shown in the report (empty: no sweep).
     """
 
-    eps: float = 0.05
-    n_clusters: int = 8
-    mode: Literal["components", "curator"] = "components"
-    sweep: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2])
+    eps: float = 0.01
+    n_clusters: int | None = None
+    mode: Literal["components", "nemo_curator"] = "components"
+    policy: Literal["farthest_centroid", "nearest_centroid", "max_score", "smallest_key"] = "farthest_centroid"
+    sweep: list[float] = field(default_factory=lambda: [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1])
 
 
 @dataclass

@@ -430,14 +430,17 @@ def _dedup(cfg: PipelineConfig, table: Any, plan: ScorePlan, notes: list[str], c
         else:
             sem = d.semantic
             assert sem is not None
-            dup = dd_mod.semantic_duplicates(table, eps=sem.eps, n_clusters=sem.n_clusters, mode=sem.mode, **policy)
-            try:
-                sweep = dd_mod.eps_sweep(table, eps=list(sem.sweep), n_clusters=sem.n_clusters)
-                sweep_df = sweep if isinstance(sweep, pd.DataFrame) else pd.DataFrame(sweep)
-                with open(os.path.join(out_dir, "eps_sweep.json"), "w") as fh:
-                    json.dump({"eps": sem.eps, "rows": sweep_df.to_dict("records")}, fh, default=float, indent=1)
-            except Exception as exc:  # the sweep is a diagnostic: report it, keep the run going
-                notes.append(f"eps sweep failed: {type(exc).__name__}: {exc}")
+            skw = {"n_clusters": sem.n_clusters, "policy": sem.policy, "score_column": d.score_column,
+                   "checkpoint_dir": os.path.join(out_dir, "semantic_work")}
+            dup = dd_mod.semantic_duplicates(table, eps=sem.eps, mode=sem.mode, **skw)
+            if sem.sweep:
+                try:
+                    sweep = dd_mod.eps_sweep(table, list(sem.sweep), **skw)
+                    col = f"fraction_removed_{sem.mode}"
+                    _write_json(os.path.join(out_dir, "eps_sweep.json"),
+                                {"eps": sem.eps, "mode": sem.mode, "y": col, "rows": sweep.to_dict("records")})
+                except Exception as exc:  # the sweep is a diagnostic: report it, keep the run going
+                    notes.append(f"eps sweep failed: {type(exc).__name__}: {exc}")
             if plan.random_weights:
                 notes.append("semantic dedup ran on embeddings from RANDOM CLIP weights: its groups are meaningless")
         _write_frame(dup, os.path.join(out_dir, f"{method}.parquet"))
@@ -553,6 +556,9 @@ def curate(
         if cfg.export.enabled:
             with timer("export"):
                 export = _export(cfg, table, overwrite=overwrite, progress=progress)
+        score_columns = [c for c in SCORE_COLUMNS if c in table.columns]
+        # Release persisted partitions before the cluster closes (else it warns about losing them).
+        del table, scanned
     extra = {
         "config": cfg.to_dict(),
         "filters": applied,
@@ -561,7 +567,7 @@ def curate(
         "score": score_info,
         "dedup_groups_removed": dedup_info,
         "random_clip_weights": plan.random_weights,
-        "score_columns": [c for c in SCORE_COLUMNS if c in table.columns],
+        "score_columns": score_columns,
     }
     timer.seconds["total"] = time.perf_counter() - t_start
     summary = _summary(cfg, ledger_df, timer, export, extra)

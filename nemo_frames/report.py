@@ -417,7 +417,8 @@ def build_report(run_dir: str | os.PathLike[str], *, per_grid: int = 16, thumb_p
     if sweep_path.is_file():
         sweep = json.loads(sweep_path.read_text())
         rows = pd.DataFrame(sweep.get("rows", []))
-        ycol = next((c for c in ("removed_fraction", "fraction_removed", "removed") if c in rows.columns), None)
+        ycol = sweep.get("y") if sweep.get("y") in rows.columns else next(
+            (c for c in rows.columns if str(c).startswith("fraction_removed")), None)
         if len(rows) and "eps" in rows.columns and ycol:
             h.append("<h2 id='sweep'>Semantic dedup: eps sweep</h2><div class='chart' style='display:inline-block'>")
             h.append(line_svg(rows["eps"].tolist(), rows[ycol].astype(float).tolist(), title=f"{ycol} vs eps",
