@@ -26,7 +26,7 @@ import pandas as pd
 from nemo_frames import schema as S
 from nemo_frames.backend import from_matrix, to_matrix
 from nemo_frames.ledger import STRING, ensure_ledger, mark_error
-from nemo_frames.schema import ErrorCode, Status
+from nemo_frames.schema import Status
 
 PathLike = str | os.PathLike[str]
 

@@ -1,0 +1,104 @@
+"""The fused scoring pass: decode once, same embeddings as a bare open_clip loop, errors recorded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("open_clip")
+pytest.importorskip("nemo_frames.images.metrics")
+
+from nemo_frames.backend import to_matrix
+from nemo_frames.filters import apply_filters, blur
+from nemo_frames.io.webdataset import read_webdataset
+from nemo_frames.score import score
+from tests.conftest import assets_path, sample_members, write_tar
+
+TINY = {"model": "nf-tiny-vit", "pretrained": None, "device": "cpu", "batch_size": 4}
+
+
+@pytest.fixture
+def shard(tmp_path, jpegs):
+    members = []
+    for i, (name, b) in enumerate(sorted(jpegs.items())):
+        members += sample_members(f"k{i}", b, f"a photo of {name}")
+    members += [("bad.jpg", b"\xff\xd8\xff\xe0 not really a jpeg"), ("bad.txt", b"broken")]
+    return write_tar(tmp_path / "00000.tar", members)
+
+
+def test_fused_pass_matches_bare_open_clip_and_records_errors(shard, monkeypatch):
+    import torch
+
+    from nemo_frames.images import decode as D
+    from nemo_frames.images.preprocess import preprocess_batch
+    from nemo_frames.models.clip import get_embedder
+    from nemo_frames.score import _preprocess_params
+
+    calls = []
+    real = D.decode_image
+    monkeypatch.setattr(D, "decode_image", lambda b, **kw: calls.append(1) or real(b, **kw))
+    df = read_webdataset(str(shard))
+    out = score(df, clip=TINY, text=True, qr=True).compute(scheduler="sync")
+    ok = out[out.nf_status == "ok"]
+    assert len(ok) == 6 and len(calls) == 7  # each image decoded once, the corrupt one included
+    bad = out[out.key == "bad"].iloc[0]
+    assert bad.nf_status == "error" and bad.nf_error.startswith("decode_error")
+    assert pd.isna(bad.blur_score) and pd.isna(bad.embedding)
+
+    emb = to_matrix(ok.embedding)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    # Bare loop: same decoded pixels, same preprocessing, the model's own encode_image.
+    embedder = get_embedder(**TINY)
+    params = _preprocess_params(embedder)
+    from nemo_frames.io.fetch import fetch_image_bytes
+
+    imgs = [real(b, max_pixels=None) for b in fetch_image_bytes(ok).image_bytes]
+    x = torch.from_numpy(preprocess_batch(imgs, params))
+    with torch.inference_mode():
+        ref = embedder.model.encode_image(x).float()
+    ref = torch.nn.functional.normalize(ref, dim=-1).numpy()
+    assert np.abs(emb - ref).max() < 1e-5
+    cos = (to_matrix(ok.text_embedding) * emb).sum(1)
+    assert np.allclose(cos, ok.clip_score.to_numpy(), atol=1e-5)
+    assert (ok.width > 0).all() and ok.phash.notna().all() and ok.content_hash.str.len().eq(64).all()
+
+
+def test_blur_filter_on_scored_table_and_worker_count_invariance(tmp_path, jpegs):
+    import cv2
+
+    from nemo_frames.cluster import get_client
+    from tests.conftest import encode, photos
+
+    members = []
+    for i, (name, rgb) in enumerate(list(photos().items())[:4]):
+        members += sample_members(f"sharp{i}", encode(rgb), name)
+        members += sample_members(f"blurry{i}", encode(cv2.GaussianBlur(rgb, (0, 0), 6)), name)
+    write_tar(tmp_path / "00000.tar", members[: len(members) // 2])
+    write_tar(tmp_path / "00001.tar", members[len(members) // 2 :])
+    df = read_webdataset(str(tmp_path / "*.tar"))
+    scored = score(df, blur=True, phash=True)
+    a = scored.compute(scheduler="sync")
+    for i in range(4):
+        s = a.set_index("key")
+        assert s.loc[f"blurry{i}", "blur_score"] < s.loc[f"sharp{i}", "blur_score"]
+    with get_client("local", n_workers=2, threads_per_worker=1, processes=False) as client:
+        b = client.compute(scored).result()
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
+    f = apply_filters(a, [blur(100.0)])
+    dropped = f[f.nf_status == "filtered"]
+    assert dropped.key.str.startswith("blurry").all() and len(dropped) >= 3
+    assert dropped.nf_reason.str.startswith("blur: blur_score=").all()
+
+
+def test_heads_score_an_existing_embedding_column():
+    """Scoring a dataset whose embeddings were computed elsewhere (clip-retrieval style)."""
+    from nemo_frames.backend import from_matrix
+
+    emb_dir = assets_path("laion-aesthetic-predictor", "vit_b_32_embeddings")
+    head = assets_path("laion-aesthetic-predictor", "sa_0_4_vit_b_32_linear.pth")
+    vecs = np.stack([np.load(emb_dir / f"rating{r}.npy").reshape(-1) for r in range(10)]).astype("f4")
+    df = pd.DataFrame({"key": [f"rating{r}" for r in range(10)]}).assign(embedding=from_matrix(vecs))
+    out = score(df, aesthetic=head, blur=False, phash=False, content_hash=False)
+    assert out.nf_status.eq("ok").all()
+    assert (np.diff(out.aesthetic_score.to_numpy()) > 0).all()  # rating0 < rating1 < ... < rating9
