@@ -8,8 +8,12 @@ Layout of an output directory (``i`` = output shard number)::
     {i:05d}.stats.json   counts of this shard (samples, bytes, members, export errors)
     _done/{i:05d}.json   the commit marker: a shard is part of the output only once this exists
     _config.json         the export config hash (resume refuses a different one)
-    stats.json           run-level ledger counts: every input row as written / filtered / error
-    errors.parquet       the errored rows (input errors and export errors): key, source, nf_error, error_code
+    _stats.json          run-level ledger counts: every input row as written / filtered / error
+    _errors.parquet      the errored rows (input errors and export errors): key, source, nf_error, error_code
+
+Run-level files start with ``_`` (skipped by pyarrow.dataset, Spark and Hive readers). Dask's
+directory reader keeps every ``*.parquet``, so read the shards' tables with
+``read_parquet(f"{out}/[0-9]*.parquet")``.
 
 Determinism: output shard ``i`` holds the kept rows at global positions
 ``[i * samples_per_shard, (i + 1) * samples_per_shard)`` in input order (partition
@@ -40,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nemo_frames.io.commit import Committer
+from nemo_frames.io.parquet import table_from_pandas
 from nemo_frames.ledger import counts, ensure_ledger, merge_counts
 from nemo_frames.schema import (
     ERROR,
@@ -65,7 +70,7 @@ _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tarfile/GNU tar pad archives to whole 10 KiB records
 _SAFE_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]{1,80}$")
 _SAFE_EXT_RE = re.compile(r"^[a-z0-9_\-]+(\.[a-z0-9_\-]+)*$")
-RUN_FILES = ("stats.json", "errors.parquet")
+RUN_FILES = ("_stats.json", "_errors.parquet")
 ORIG_KEY, ORIG_SOURCE, ORIG_IMAGE_MEMBER, ORIG_IMAGE_OFFSET = (
     "orig_key",
     "orig_source",
@@ -185,7 +190,7 @@ def _members_of(pdf: pd.DataFrame) -> pd.Series:
             out.append(m)
         elif isinstance(member, str) and not pd.isna(off) and not pd.isna(size):
             ext = member.rsplit("/", 1)[-1].split(".", 1)[-1].lower()
-            out.append(json.dumps({ext: [int(off), int(size)]}, separators=(",", ":")))
+            out.append(json.dumps({ext: [int(off), int(size)]}))
         else:
             out.append(None)
     return pd.Series(out, index=pdf.index, dtype=_STRING)
@@ -262,7 +267,7 @@ def _write_shard(job: _ShardJob, i: int, parts: list[dict[int, pd.DataFrame]]) -
             raise ExportError(
                 f"export: sample {pdf[KEY].iloc[row]!r} from {pdf[SOURCE].iloc[row] if SOURCE in pdf else '?'} "
                 f"could not be written to shard {name}: {text}. Pass on_error='record' to record such rows "
-                "in errors.parquet and continue."
+                "in _errors.parquet and continue."
             )
         errors.append({
             "key": _str(pdf[KEY].iloc[row]),
@@ -344,7 +349,7 @@ def _parquet_bytes(rows: pd.DataFrame, keys: list[str], plan: _Plan, tar_url: st
     new_member, new_off, new_size, new_members = [], [], [], []
     for key, row, ext in zip(keys, plan.members, image_ext, strict=True):
         locs = {e: (off, size) for e, _, off, size in row}
-        new_members.append(json.dumps({e: [o, s] for e, (o, s) in locs.items()}, separators=(",", ":")))
+        new_members.append(json.dumps({e: [o, s] for e, (o, s) in locs.items()}))  # same text as read_webdataset
         if ext in locs:
             new_member.append(f"{key}.{ext}")
             new_off.append(locs[ext][0])
@@ -370,18 +375,10 @@ def _parquet_bytes(rows: pd.DataFrame, keys: list[str], plan: _Plan, tar_url: st
     out[MEMBERS] = pd.Series(new_members, index=out.index, dtype=_STRING)
     for k, v in orig.items():
         out[k] = v
-    table = _to_arrow(out)
+    table = table_from_pandas(out)
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
-
-
-def _to_arrow(pdf: pd.DataFrame) -> pa.Table:
-    try:
-        from nemo_frames.io.parquet import table_from_pandas
-    except ImportError:
-        return pa.Table.from_pandas(pdf, preserve_index=False)
-    return table_from_pandas(pdf)
 
 
 @dataclass
@@ -401,7 +398,7 @@ class ExportResult:
     tar_bytes : int
         Bytes of all output tars.
     stats : dict
-        The run-level ``stats.json`` content.
+        The run-level ``_stats.json`` content.
     config_hash : str
         Hash of the export config (``_config.json``).
     """
@@ -437,8 +434,8 @@ def write_webdataset(
     df : dask or pandas DataFrame
         A sample table with locators (``source`` + ``nf_members``, or ``image_member`` /
         ``image_offset`` / ``image_size``) and the ledger columns. Only rows with
-        ``nf_status == "ok"`` are written; the others are counted in ``stats.json``
-        and, when errored, listed in ``errors.parquet``.
+        ``nf_status == "ok"`` are written; the others are counted in ``_stats.json``
+        and, when errored, listed in ``_errors.parquet``.
     path : str
         Output directory, local or fsspec URL (``s3://bucket/prefix``).
     samples_per_shard : int
@@ -456,7 +453,7 @@ def write_webdataset(
     on_error : {"record", "raise"}
         What to do with a kept row that cannot be exported (bytes unreadable,
         member missing, duplicate key in a shard): record it in the shard's stats and
-        ``errors.parquet`` and go on, or raise :class:`ExportError` (its shard is not
+        ``_errors.parquet`` and go on, or raise :class:`ExportError` (its shard is not
         committed). Rows already marked ``error`` upstream are always recorded.
     overwrite : bool
         Delete an earlier export in ``path`` first (needed when the config or input changed).
@@ -581,8 +578,8 @@ def write_webdataset(
         "export_errors_by_code": dict(sorted(Counter(error_code(e["nf_error"]) for e in export_errors).items())),
         "final": final,
     }
-    committer.publish("stats.json", (json.dumps(run_stats, sort_keys=True, indent=1) + "\n").encode("utf-8"))
-    committer.publish("errors.parquet", _errors_parquet(input_errors + export_errors))
+    committer.publish("_stats.json", (json.dumps(run_stats, sort_keys=True, indent=1) + "\n").encode("utf-8"))
+    committer.publish("_errors.parquet", _errors_parquet(input_errors + export_errors))
     return ExportResult(
         path=committer.url,
         shards=names,
