@@ -637,43 +637,33 @@ def _write_config(cfg: PipelineConfig) -> None:
 
 
 # --------------------------------------------------------------------------- command line
-def add_curate_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add ``curate`` to an argparse subparsers object (used by :mod:`nemo_frames.cli`)."""
-    p = sub.add_parser(
-        "curate",
-        help="run the curation pipeline from a YAML config",
-        description="Scan, score, filter, deduplicate and export a dataset as described by a YAML config.",
-    )
-    p.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set export.samples_per_shard=500 (repeatable)")
-    p.add_argument("--overwrite", action="store_true", help="discard earlier results instead of resuming")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
-    p.set_defaults(func=curate_command)
-    return p
-
-
 def curate_command(args: argparse.Namespace) -> int:
-    """``nemo-frames curate CONFIG``: returns the process exit code."""
+    """``nemo-frames curate CONFIG``: run the pipeline; exit code 0, or 2 for a config error.
+
+    The CLI's common options map onto the config: ``--workers N`` → ``cluster.options.n_workers``,
+    ``--address URL`` → ``cluster.kind: address``, ``--storage-options`` → ``input.storage_options``.
+    """
+    quiet = bool(getattr(args, "quiet", False))
     try:
         overrides = dict(parse_override(o) for o in args.overrides)
-        result = curate(args.config, overwrite=args.overwrite, progress=not args.quiet, **overrides)
+        if getattr(args, "workers", None):
+            overrides["cluster.options.n_workers"] = args.workers
+        if getattr(args, "address", None):
+            overrides["cluster.kind"] = "address"
+            overrides["cluster.options.address"] = args.address
+        if getattr(args, "storage_options", None):
+            overrides["input.storage_options"] = args.storage_options
+        progress = not (quiet or getattr(args, "no_progress", False))
+        result = curate(args.config, overwrite=args.overwrite, progress=progress, **overrides)
     except ConfigError as exc:
         print(f"nemo-frames curate: config error: {exc}", file=sys.stderr)
         return 2
-    if args.quiet:
+    if quiet:
         print(json.dumps({k: result.summary[k] for k in ("samples_in", "kept", "filtered", "errors")}))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m nemo_frames.pipeline CONFIG`` (the same as ``nemo-frames curate CONFIG``)."""
-    parser = argparse.ArgumentParser(prog="nemo-frames")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_curate_parser(sub)
-    args = parser.parse_args(["curate", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
+if __name__ == "__main__":  # python -m nemo_frames.pipeline CONFIG == nemo-frames curate CONFIG
+    from nemo_frames.cli import main as _cli_main
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli_main(["curate", *sys.argv[1:]]))

@@ -203,7 +203,6 @@ def thumbnails(
     rows: pd.DataFrame, *, thumb_px: int = 128, storage_options: dict[str, Any] | None = None
 ) -> dict[str, str | None]:
     """``key → data:image/jpeg;base64,...`` thumbnails (≤ ``thumb_px``) fetched by locator; None where unreadable."""
-    from PIL import Image
 
     from nemo_frames.io.fetch import read_ranges
 
@@ -284,7 +283,7 @@ def _filter_sections(summary: dict[str, Any], table: pd.DataFrame, per_grid: int
     reason_name = table[S.REASON].astype(object).map(lambda r: r.split(":", 1)[0] if isinstance(r, str) else None)
     seen: set[str] = set()
     for f in summary.get("filters", []):
-        name, col, thr = f["name"], f["column"], float(f["value"])
+        name, col = f["name"], f["column"]
         if name in seen or col not in table.columns:
             continue
         seen.add(name)
@@ -463,20 +462,11 @@ def write_report(run_dir: str | os.PathLike[str], *, out: str | os.PathLike[str]
 
 
 # --------------------------------------------------------------------------- command line
-def add_report_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add ``report`` to an argparse subparsers object (used by :mod:`nemo_frames.cli`)."""
-    p = sub.add_parser("report", help="write the HTML report of a finished run",
-                       description="Write RUN_DIR/report.html: summary, score histograms, filter grids, duplicate groups.")
-    p.add_argument("run_dir", help="the output directory of `nemo-frames curate`")
-    p.add_argument("--out", help="output file (default RUN_DIR/report.html)")
-    p.add_argument("--per-grid", type=int, default=16, help="thumbnails per grid (default 16)")
-    p.set_defaults(func=report_command)
-    return p
-
-
 def report_command(args: argparse.Namespace) -> int:
+    """``nemo-frames report RUN_DIR``: write the report, print its path."""
     try:
-        path = write_report(args.run_dir, out=args.out, per_grid=args.per_grid)
+        path = write_report(args.run_dir, out=args.out, per_grid=args.per_grid,
+                            storage_options=getattr(args, "storage_options", None))
     except FileNotFoundError as exc:
         print(f"nemo-frames report: {exc}", file=sys.stderr)
         return 2

@@ -82,11 +82,11 @@ def test_optional_sections_true_false_null():
 
 
 def test_cross_field_checks():
-    with pytest.raises(ConfigError, match="input.urls: no input given"):
+    with pytest.raises(ConfigError, match=r"input\.urls: no input given"):
         config_from_dict({})
     with pytest.raises(ConfigError, match=r"dedup\.perceptual\.threshold: must be 0\.\.64"):
         cfg(dedup={"perceptual": {"threshold": 99}})
-    with pytest.raises(ConfigError, match="needs dedup.score_column"):
+    with pytest.raises(ConfigError, match=r"needs dedup\.score_column"):
         cfg(dedup={"policy": "max_score"})
 
 

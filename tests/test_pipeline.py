@@ -80,7 +80,7 @@ def test_rerun_resumes_and_changed_filters_reuse_scores(run, tmp_path):
     }
     # New thresholds: the scores are reused, and the export refuses to mix unless told to overwrite.
     stricter = demo_config(data, out, filters=[{"blur": 500}, {"qr": 0.05}])
-    with pytest.raises(ConfigError, match="export.overwrite: true"):
+    with pytest.raises(ConfigError, match=r"export\.overwrite: true"):
         curate(stricter, progress=False)
     third = curate({**stricter, "export": {"samples_per_shard": 8, "overwrite": True}}, progress=False)
     assert third.summary["score"]["resumed"] == 3
@@ -139,20 +139,14 @@ def test_tiny_clip_random_weights_exercises_embeddings_and_semantic_dedup(tmp_pa
 
 
 def test_cli_curate_exit_codes(run, tmp_path, capsys):
-    import argparse
-
-    from nemo_frames.pipeline import add_curate_parser
-
-    _, _, data = run
     import yaml
 
+    from nemo_frames.cli import main
+
+    _, _, data = run
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(demo_config(data, tmp_path / "o", **{"report.enabled": False})))
-    parser = argparse.ArgumentParser()
-    add_curate_parser(parser.add_subparsers())
-    args = parser.parse_args(["curate", str(p), "--quiet", "--set", "export.enabled=false"])
-    assert args.func(args) == 0
+    assert main(["curate", str(p), "--quiet", "--set", "export.enabled=false"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kept"] == 10
-    args = parser.parse_args(["curate", str(p), "--quiet", "--set", "score.batch_size=lots"])
-    assert args.func(args) == 2
+    assert main(["curate", str(p), "--quiet", "--set", "score.batch_size=lots"]) == 2
     assert "score.batch_size: expected a whole number" in capsys.readouterr().err
