@@ -24,7 +24,13 @@ from nemo_frames.schema import Status, error_code
 
 
 def ensure_item_ledger(df: pd.DataFrame) -> pd.DataFrame:
-    """Ledger columns, plus ``nf_input_position`` (= ``position``) where missing."""
+    """Ledger columns, plus ``nf_input_position`` (= ``position``) where missing.
+
+    A frame whose index has repeats (e.g. a computed multi-partition frame) gets a fresh
+    RangeIndex, because the ledger marks rows by index label.
+    """
+    if not df.index.is_unique:
+        df = df.reset_index(drop=True)
     df = ensure_ledger(df)
     if IS.INPUT_POSITION not in df.columns:
         df = df.assign(**{IS.INPUT_POSITION: df[IS.POSITION].astype("Int32")})
@@ -46,18 +52,25 @@ def renumber(df: pd.DataFrame) -> pd.DataFrame:
     df = ensure_item_ledger(df)
     ok = (df[S.STATUS] == Status.OK.value).to_numpy()
     content = ok & (df[IS.MODALITY] != "metadata").to_numpy() & (df[IS.POSITION].fillna(-9).to_numpy() >= 0)
-    pos = df[IS.POSITION].astype("Int32").copy()
+    pos = df[IS.POSITION].astype("Int32").to_numpy(dtype="float64", na_value=np.nan)
     if content.any():
-        sub = df.loc[content, [IS.SAMPLE_ID, IS.POSITION]]
-        order = sub.assign(_o=np.arange(len(sub))).sort_values([IS.SAMPLE_ID, IS.POSITION, "_o"], kind="stable")
-        new = order.groupby(IS.SAMPLE_ID, sort=False, dropna=False).cumcount().astype("int32")
-        pos.loc[order.index] = new.to_numpy()
+        idx = np.flatnonzero(content)
+        sids = df[IS.SAMPLE_ID].to_numpy(dtype=object, na_value=None)[idx]
+        sid_codes, _ = pd.factorize(pd.Series(sids, dtype=object), use_na_sentinel=False)
+        order = np.lexsort((np.arange(len(idx)), pos[idx], sid_codes))
+        sorted_codes = sid_codes[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
+        run = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        pos[idx[order]] = run
+    pos = pd.array(np.where(np.isnan(pos), 0, pos).astype("int64"), dtype="Int32").copy()
+    pos[np.isnan(df[IS.POSITION].astype("Int32").to_numpy(dtype="float64", na_value=np.nan))] = pd.NA
+    pos = pd.Series(pos, index=df.index)
     out = df.assign(**{IS.POSITION: pos})
     with_content = set(out.loc[content, IS.SAMPLE_ID].dropna())
     meta_ok = ok & (out[IS.MODALITY] == "metadata").to_numpy()
     empty = meta_ok & ~out[IS.SAMPLE_ID].isin(with_content).to_numpy()
     if empty.any():
-        out = mark_filtered(out, ~pd.Series(empty, index=out.index), "empty_sample: no content left in the sample")
+        out = mark_filtered(out, ~empty, "empty_sample: no content left in the sample")
     return out
 
 

@@ -594,11 +594,25 @@ def read_interleaved_webdataset(
 
 
 # --------------------------------------------------------------------------- Parquet
-def _table_to_items(table: pa.Table, where: str) -> pd.DataFrame:
+def item_types_mapper(t: pa.DataType) -> Any:
+    """Arrow → pandas dtypes for item tables: nullable integers and booleans (a column with nulls on
+    content rows must not turn into floats or objects), ``large_string`` kept as such, the rest as
+    :func:`nemo_frames.io.parquet.types_mapper`."""
     from nemo_frames.io.parquet import types_mapper
+
+    if pa.types.is_boolean(t):
+        return pd.BooleanDtype()
+    if pa.types.is_integer(t):
+        return pd.api.types.pandas_dtype(("Int" if pa.types.is_signed_integer(t) else "UInt") + str(t.bit_width))
+    if pa.types.is_large_string(t):
+        return pd.ArrowDtype(t)
+    return types_mapper(t)
+
+
+def _table_to_items(table: pa.Table, where: str) -> pd.DataFrame:
     from nemo_frames.ledger import ensure_ledger
 
-    df = table.to_pandas(types_mapper=types_mapper, ignore_metadata=True)
+    df = table.to_pandas(types_mapper=item_types_mapper, ignore_metadata=True)
     df = IS.canonicalize(df, where=where)
     df = ensure_ledger(df)
     if IS.INPUT_POSITION not in df.columns:
