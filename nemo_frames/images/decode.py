@@ -3,7 +3,7 @@
 Two CPU paths, chosen by the bytes' magic number (never by the file name):
 
 - **JPEG fast path** (libjpeg-turbo through simplejpeg): header first (size, colour space), pixel cap, then a
-  decode scaled in the DCT domain to the smallest factor n/8 whose output keeps both sides ≥ ``target``, then the
+  decode scaled in the DCT domain to the smallest factor n/8 (n ≤ 4) whose output keeps both sides ≥ ``target``, then the
   EXIF orientation applied with numpy. CMYK/YCCK JPEGs, and JPEGs simplejpeg refuses, go to Pillow.
 - **Pillow path** for PNG, WebP, GIF (first frame), TIFF (first page), BMP, AVIF, and the JPEGs above: a format
   allow-list, header size checked before ``load()``, ``ImageOps.exif_transpose``, every mode mapped to RGB.
@@ -27,10 +27,10 @@ import numpy as np
 from nemo_frames.schema import ErrorCode, error_text
 
 __all__ = [
+    "DCT_SCALES",
     "DEFAULT_MAX_PIXELS",
     "DecodeError",
     "DecodedImage",
-    "DCT_SCALES",
     "apply_orientation",
     "dct_scale",
     "decode_batch",
@@ -56,7 +56,18 @@ _PIL_FORMATS: dict[str, tuple[str, ...]] = {
     "AVIF": ("AVIF",),
 }
 # Formats recognised by their magic number but not decoded: reported as ``unsupported_format``.
-_UNSUPPORTED_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"crx ", b"jxl "}
+_UNSUPPORTED_BRANDS = {
+    b"heic",
+    b"heix",
+    b"hevc",
+    b"hevx",
+    b"heim",
+    b"heis",
+    b"mif1",
+    b"msf1",
+    b"crx ",
+    b"jxl ",
+}
 _AVIF_BRANDS = {b"avif", b"avis"}
 
 
@@ -351,7 +362,9 @@ def _pil_to_rgb(im: Any, background: tuple[int, int, int]) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def _decode_pil(data: bytes, fmt: str, target: int | None, max_pixels: int | None, background: Any) -> DecodedImage:
+def _decode_pil(
+    data: bytes, fmt: str, target: int | None, max_pixels: int | None, background: Any
+) -> DecodedImage:
     from PIL import Image, ImageOps
 
     try:
@@ -439,8 +452,9 @@ def decode_image(
         The encoded image. The format comes from the magic number, not from a file name.
     target : int, optional
         The short side the caller will resize to (e.g. 224 for CLIP). JPEGs are then decoded at the smallest
-        libjpeg-turbo scale n/8 that keeps **both** sides ≥ ``target`` (never below it, so a later resize only
-        shrinks). Other formats decode at full size. ``None``: full size.
+        libjpeg-turbo scale n/8, n in :data:`DCT_SCALES` (1–4), that keeps **both** sides ≥ ``target`` (never
+        below it, so a later resize only shrinks), else at full size. Other formats decode at full size.
+        ``None``: full size.
     max_pixels : int or None
         Cap on ``width × height`` read from the header **before** any pixel is decoded; above it the sample is
         ``image_too_large``. Pillow's own bomb check also raises for more than ``2 × Image.MAX_IMAGE_PIXELS``,
@@ -482,9 +496,15 @@ def decode_image(
             f"not a recognised image (first bytes {data[:8].hex()}); expected JPEG, PNG, GIF, WebP, TIFF, BMP or AVIF",
         )
     if fmt.startswith("UNSUPPORTED:"):
-        raise DecodeError(ErrorCode.UNSUPPORTED_FORMAT, f"{fmt.split(':', 1)[1]} images are not decoded; convert them to JPEG/PNG/WebP")
+        raise DecodeError(
+            ErrorCode.UNSUPPORTED_FORMAT,
+            f"{fmt.split(':', 1)[1]} images are not decoded; convert them to JPEG/PNG/WebP",
+        )
     if fmt == "AVIF" and not _avif_available():
-        raise DecodeError(ErrorCode.UNSUPPORTED_FORMAT, "AVIF needs Pillow >= 11.3 built with libavif, or pillow-avif-plugin")
+        raise DecodeError(
+            ErrorCode.UNSUPPORTED_FORMAT,
+            "AVIF needs Pillow >= 11.3 built with libavif, or pillow-avif-plugin",
+        )
     try:
         if fmt == "JPEG":
             out = _decode_jpeg_fast(data, target, max_pixels)

@@ -94,7 +94,9 @@ def params_from_open_clip(preprocess: Any) -> ClipPreprocess:
     """
     transforms = getattr(preprocess, "transforms", None)
     if transforms is None:
-        raise ValueError(f"expected a torchvision Compose (open_clip preprocess), found {type(preprocess).__name__}")
+        raise ValueError(
+            f"expected a torchvision Compose (open_clip preprocess), found {type(preprocess).__name__}"
+        )
     size: int | tuple[int, int] | None = None
     crop: tuple[int, int] | None = None
     mean, std = OPENAI_MEAN, OPENAI_STD
@@ -155,11 +157,15 @@ def crop_geometry(width: int, height: int, params: ClipPreprocess) -> tuple[int,
         nh, nw = params.size
     ch, cw = params.crop
     if ch > nh or cw > nw:
-        raise ValueError(f"crop {params.crop} does not fit in the resized {nh}x{nw} image (padding not supported)")
-    return nw, nh, int(round((nw - cw) / 2.0)), int(round((nh - ch) / 2.0))
+        raise ValueError(
+            f"crop {params.crop} does not fit in the resized {nh}x{nw} image (padding not supported)"
+        )
+    return nw, nh, round((nw - cw) / 2.0), round((nh - ch) / 2.0)
 
 
-def _resize_crop(rgb: np.ndarray, width: int, height: int, params: ClipPreprocess, resample: Resample) -> np.ndarray:
+def _resize_crop(
+    rgb: np.ndarray, width: int, height: int, params: ClipPreprocess, resample: Resample
+) -> np.ndarray:
     """(crop_h, crop_w, 3) uint8: ``rgb`` (any scale of a ``width × height`` image) resized and centre-cropped."""
     import cv2
 
