@@ -26,3 +26,13 @@ __all__ = [
     "write_interleaved_parquet",
     "write_interleaved_webdataset",
 ]
+
+from nemo_frames.interleaved.filters import (  # noqa: E402
+    blur_filter,
+    clip_alignment_filter,
+    image_text_ratio_filter,
+    qr_filter,
+    score_items,
+)
+
+__all__ += ["blur_filter", "clip_alignment_filter", "image_text_ratio_filter", "qr_filter", "score_items"]
