@@ -254,6 +254,39 @@ def _figure(key: str, src: str | None, cls: str, lines: Sequence[str], badge: st
     return f'<figure class="{cls}" title="{title}">{badge}{img}{cap}</figure>'
 
 
+def show_grid(
+    df: Any, *, n: int = 16, columns: Sequence[str] = (), thumb_px: int = 128,
+    storage_options: dict[str, Any] | None = None,
+) -> Any:
+    """A grid of thumbnails of the first ``n`` rows of a sample table, for notebooks.
+
+    Returns an ``IPython.display.HTML`` object when IPython is present (it renders in Jupyter),
+    else the HTML string. ``columns`` are shown under each image (with ``nf_reason`` when set).
+
+    Examples
+    --------
+    >>> dropped = table[table.nf_status == "filtered"]  # doctest: +SKIP
+    >>> show_grid(dropped, columns=["blur_score"])  # doctest: +SKIP
+    """
+    rows = df.head(n, npartitions=-1) if hasattr(df, "dask") else df.head(n)
+    rows = rows[rows[S.KEY].notna()].reset_index(drop=True)
+    thumbs = thumbnails(rows, thumb_px=thumb_px, storage_options=storage_options) if len(rows) else {}
+    figs = []
+    for r in rows.to_dict("records"):
+        lines = [f"{c}={_fmt(float(r[c])) if isinstance(r[c], (int, float, np.number)) else r[c]}" for c in columns if c in r]
+        if isinstance(r.get(S.REASON), str):
+            lines.append(r[S.REASON])
+        cls = {"ok": "keep", "filtered": "drop", "error": "err"}.get(str(r.get(S.STATUS, "ok")), "keep")
+        figs.append(_figure(r[S.KEY], thumbs.get(r[S.KEY]), cls, lines))
+    css = "\n".join(line for line in _CSS.splitlines() if line.startswith((".grid", "figure", ".noimg")))
+    page = f"<style>{css}</style><div class='grid'>{''.join(figs) or 'no rows'}</div>"
+    try:
+        from IPython.display import HTML
+    except ImportError:
+        return page
+    return HTML(page)
+
+
 def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = "".join(
