@@ -5,6 +5,7 @@ Run from the repository root: ``python scripts/build_notebooks.py``. The noteboo
 """
 import nbformat as nbf
 
+
 def nb(cells):
     n = nbf.v4.new_notebook()
     n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
