@@ -377,6 +377,9 @@ def build_report(run_dir: str | os.PathLike[str], *, per_grid: int = 16, thumb_p
              ("filtered", summary.get("filtered", 0), "filtered"), ("errors", summary.get("errors", 0), "error")]
     if "written" in summary:
         cards.insert(2, ("written to shards", summary["written"], "ok"))
+    dups = int(sum(summary.get("duplicates_removed", {}).values()))
+    if dups:
+        cards.insert(-1, ("duplicates removed", dups, "filtered"))
     h.append("<h2 id='summary'>Summary</h2><div class='cards'>")
     for label, value, cls in cards:
         pct = "" if label == "samples in" else f" ({100 * int(value) / n:.1f}%)"
@@ -405,7 +408,8 @@ def build_report(run_dir: str | os.PathLike[str], *, per_grid: int = 16, thumb_p
         h.append("<h2 id='filters'>What each filter dropped and kept (nearest the threshold first)</h2>")
     for name, dropped, kept, f in sections:
         col = f["column"]
-        h.append(f"<h3>{_esc(name)}: keeps {_esc(col)} {_esc(f['op'])} {f['value']:g} — "
+        conds = " and ".join(f"{g['column']} {g['op']} {g['value']:g}" for g in filters if g["name"] == name)
+        h.append(f"<h3>{_esc(name)}: keeps {_esc(conds)} — "
                  f"{int(summary.get('filtered_by_reason', {}).get(name, 0))} dropped</h3>")
         h.append("<details open><summary>dropped</summary><div class='grid'>")
         for r in dropped.itertuples(index=False):
