@@ -27,10 +27,13 @@ _LAZY = {
     "apply_filters": "nemo_frames.filters",
     "get_client": "nemo_frames.cluster",
     "curate": "nemo_frames.pipeline",
+    "PipelineConfig": "nemo_frames.config",
+    "load_config": "nemo_frames.config",
+    "write_report": "nemo_frames.report",
     "ClipConfig": "nemo_frames.models.clip",
     "errors_table": "nemo_frames.ledger",
 }
-_SUBMODULES = {"filters", "dedup", "interleaved", "ledger", "schema", "io", "images", "models", "cluster", "report", "pipeline"}
+_SUBMODULES = {"filters", "dedup", "interleaved", "ledger", "schema", "io", "images", "models", "cluster", "report", "pipeline", "config", "progress"}
 
 __all__ = sorted([*_LAZY, *_SUBMODULES])
 
