@@ -10,8 +10,9 @@ entries name their bytes, resolved in this order:
    in the JSON's directory;
 2. ``image_member_field`` names a member in the JSON (a string, or a list aligned to
    the non-null images);
-3. the sample has exactly one image member ``<stem>.<ext>`` (MINT-1T: ``<stem>.tiff``,
-   a multi-frame TIFF): images sharing it take frames 0, 1, … in list order.
+3. the entry is not a file name (MINT-1T: ``"page_0_image_1"``) and the sample has exactly
+   one image member ``<stem>.<ext>`` (MINT-1T: ``<stem>.tiff``, a multi-frame TIFF): images
+   sharing it take frames 0, 1, … in list order.
 
 Everything that goes wrong is a row with ``nf_status="error"`` and
 ``nf_error="<code>: <message>"``, never an exception: see ``docs/interleaved.md``.
@@ -286,6 +287,8 @@ def _resolve(
                 if cand in sh.members:
                     return cand, ""
             return None, f"{cfg.image_member_field!r} names member {v!r}, which is not in the shard"
+    if isinstance(tok, str) and _is_image(tok, cfg):
+        return None, f"image {tok!r} at position {i}: the JSON names member {tok!r}, which is not in the shard"
     own = [n for n in sh.members if n.startswith(stem + ".") and _is_image(n, cfg)]
     if len(own) == 1:
         return own[0], ""
@@ -361,11 +364,13 @@ def _sample_rows(
             rows.append(r)
         if im is not None:
             r = _row(sid, i, "image")
+            member, why = _resolve(im, i, n_image, doc, stem, sh, cfg)
             if t is not None:
                 _fail(r, ErrorCode.SIDECAR_INVALID, f"{m.name!r}: position {i} holds both a text and an image {im!r}; the text is kept")
                 r[IS.SOURCE_REF] = json_ref
+                if member is not None:
+                    referenced.add(member)
             else:
-                member, why = _resolve(im, i, n_image, doc, stem, sh, cfg)
                 if member is None:
                     _fail(r, ErrorCode.MISSING_MEMBER, f"{m.name!r}: {why}")
                     r[IS.MATERIALIZE_ERROR] = why
@@ -408,8 +413,9 @@ def _sample_rows(
             else:
                 r[IS.BINARY_CONTENT] = tm.data
     if sample_err is not None:
-        for r in rows:
-            _fail(r, ErrorCode.SIDECAR_INVALID, sample_err)
+        for r in rows:  # the sample-level problem explains every row, whatever was found item by item
+            r[S.STATUS] = Status.ERROR.value
+            r[S.ERROR] = error_text(ErrorCode.SIDECAR_INVALID, sample_err)
     return rows
 
 
