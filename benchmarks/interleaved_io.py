@@ -1,6 +1,7 @@
 """Interleaved IO throughput: WDS→Parquet, Parquet→WDS, Parquet→Parquet, WDS→WDS vs a bare tar read, same run.
 
-Data: MINT-1T-style shards built from scikit-image photos resized to web sizes (640 px long side, JPEG q90):
+Data: MINT-1T-style shards built from scikit-image photos resized to web sizes (640 px long side, a random crop
+of 7/8 per image so every image is unique, JPEG q90):
 per sample one JSON with ~4 paragraphs of ~80 words and 3 images. Three samples in four have the images as
 separate JPEG members; one in four is MINT-1T PDF layout (one 3-frame TIFF per document, deflate). Everything
 is written to a temp dir on local disk.
@@ -54,17 +55,25 @@ def build(root: Path, shards: int, per_shard: int) -> int:
 
     rng = np.random.default_rng(0)
     photos = _photos()
-    jpegs = []
-    for p in photos:
+
+    def variant(k: int) -> np.ndarray:
+        # Every image unique (a random crop of a photo), as in real data: no dictionary-encoding shortcut.
+        p = photos[k % len(photos)]
+        h, w = p.shape[:2]
+        y, x = int(rng.integers(0, h // 8)), int(rng.integers(0, w // 8))
+        return np.ascontiguousarray(p[y : y + h - h // 8, x : x + w - w // 8])
+
+    def jpeg(k: int) -> bytes:
         b = io.BytesIO()
-        Image.fromarray(p).save(b, format="JPEG", quality=90)
-        jpegs.append(b.getvalue())
-    tiffs = []
-    for k in range(len(photos)):
-        ims = [Image.fromarray(photos[(k + j) % len(photos)]) for j in range(3)]
+        Image.fromarray(variant(k)).save(b, format="JPEG", quality=90)
+        return b.getvalue()
+
+    def tiff(k: int) -> bytes:
+        ims = [Image.fromarray(variant(k + j)) for j in range(3)]
         b = io.BytesIO()
         ims[0].save(b, format="TIFF", save_all=True, append_images=ims[1:], compression="tiff_adobe_deflate")
-        tiffs.append(b.getvalue())
+        return b.getvalue()
+
     root.mkdir(parents=True)
     n = 0
     for s in range(shards):
@@ -88,7 +97,7 @@ def build(root: Path, shards: int, per_shard: int) -> int:
                         slots_i.append(j)
                 pdf = i % 4 == 3
                 if pdf:
-                    add(f"{key}.tiff", tiffs[i % len(tiffs)])
+                    add(f"{key}.tiff", tiff(i))
                     images = [None if x is None else f"page_{x}_image_{x}" for x in slots_i]
                 else:
                     images = []
@@ -97,7 +106,7 @@ def build(root: Path, shards: int, per_shard: int) -> int:
                             images.append(None)
                         else:
                             name = f"{key}.{pos}.jpg"
-                            add(name, jpegs[(i + x) % len(jpegs)])
+                            add(name, jpeg(i + x))
                             images.append(name)
                 doc = {"texts": slots_t, "images": images, "url": f"https://example.org/{key}", "pdf_name": f"{key}.pdf",
                        "page_count": int(rng.integers(1, 20)), "image_metadata": [{"page": k} for k in range(3)]}
