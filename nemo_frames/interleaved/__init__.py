@@ -27,7 +27,7 @@ __all__ = [
     "write_interleaved_webdataset",
 ]
 
-from nemo_frames.interleaved.filters import (  # noqa: E402
+from nemo_frames.interleaved.filters import (
     blur_filter,
     clip_alignment_filter,
     image_text_ratio_filter,

@@ -22,7 +22,7 @@ import pyarrow as pa
 from nemo_frames import schema as S
 from nemo_frames.interleaved import schema as IS
 from nemo_frames.interleaved.ops import ensure_item_ledger
-from nemo_frames.ledger import STRING, ensure_ledger, mark_filtered
+from nemo_frames.ledger import STRING, ensure_ledger
 from nemo_frames.schema import Status
 
 _SAMPLE_LOCATOR = (S.SOURCE, S.IMAGE_MEMBER, S.IMAGE_OFFSET, S.IMAGE_SIZE, S.IMAGE_BYTES, S.CAPTION, S.MEMBERS, S.KEY)

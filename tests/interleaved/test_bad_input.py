@@ -12,7 +12,7 @@ from nemo_frames.interleaved import (
     write_interleaved_parquet,
     write_interleaved_webdataset,
 )
-from nemo_frames.interleaved.reader import read_shard, InterleavedReadConfig
+from nemo_frames.interleaved.reader import InterleavedReadConfig, read_shard
 from tests.conftest import write_tar
 from tests.interleaved.conftest import doc_json, jpeg, multi_tiff
 
