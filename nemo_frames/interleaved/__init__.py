@@ -27,7 +27,7 @@ __all__ = [
     "write_interleaved_webdataset",
 ]
 
-from nemo_frames.interleaved.filters import (  # noqa: E402
+from nemo_frames.interleaved.filters import (
     blur_filter,
     clip_alignment_filter,
     image_text_ratio_filter,
@@ -36,3 +36,11 @@ from nemo_frames.interleaved.filters import (  # noqa: E402
 )
 
 __all__ += ["blur_filter", "clip_alignment_filter", "image_text_ratio_filter", "qr_filter", "score_items"]
+
+from nemo_frames.interleaved.convert import (  # noqa: E402
+    items_to_samples,
+    items_to_text_documents,
+    samples_to_items,
+)
+
+__all__ += ["items_to_samples", "items_to_text_documents", "samples_to_items"]

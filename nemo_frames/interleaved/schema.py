@@ -26,7 +26,6 @@ import pandas as pd
 import pyarrow as pa
 
 from nemo_frames import schema as S
-from nemo_frames.ledger import STRING
 
 SAMPLE_ID: Final = S.SAMPLE_ID
 POSITION: Final = S.POSITION
@@ -105,8 +104,10 @@ def _cast_series(s: pd.Series, name: str, target: pa.DataType, where: str) -> pd
             arr = pa.array(s.astype(object).where(s.notna(), None).tolist(), type=pa.large_binary())
             return pd.Series(arr, index=s.index, dtype=want, name=s.name)
         if pa.types.is_string(target):
+            if not (pd.api.types.is_object_dtype(found) or pd.api.types.is_string_dtype(found)):
+                raise TypeError("not a string column")
             bad = s.notna() & ~s.map(lambda v: isinstance(v, str), na_action="ignore").fillna(True).astype(bool)
-            if found == object and bad.any():
+            if pd.api.types.is_object_dtype(found) and bad.any():
                 raise TypeError(f"{int(bad.sum())} values are not strings (first: {s[bad].iloc[0]!r})")
             return s.astype(want)
         if pa.types.is_integer(target):

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nemo_frames.backend import from_matrix
 from nemo_frames.interleaved import (
     blur_filter,
     clip_alignment_filter,
@@ -20,7 +21,6 @@ from nemo_frames.interleaved import (
     score_items,
     validate,
 )
-from nemo_frames.backend import from_matrix
 
 
 def items(rows: list[tuple], **cols) -> pd.DataFrame:
