@@ -29,6 +29,7 @@ that need them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -567,6 +568,8 @@ def get_client(
     >>> client.shutdown()
     """
     nwt = no_workers_timeout if no_workers_timeout is not None else _cfg("no-workers-timeout", None)
+    # A random port either way: the scheduler's HTTP server (health, metrics) starts even without
+    # the dashboard, and the fixed default 8787 collides (with a warning) as soon as two clusters run.
     dash = ":0" if dashboard else None
     if kind == "local":
         plan = plan_local(
@@ -584,7 +587,7 @@ def get_client(
                 threads_per_worker=plan["threads_per_worker"],
                 memory_limit=plan["memory_limit"],
                 processes=processes,
-                dashboard_address=dash,
+                dashboard_address=dash or ":0",
                 **extra,
                 **kwargs,
             )
@@ -690,7 +693,17 @@ def cluster(kind: ClusterKind = "local", **kwargs: Any) -> Iterator[Client]:
         yield client
     finally:
         if client.cluster is not None:
-            client.shutdown()
+            # Tearing down a finished job makes the scheduler warn about "lost" results that
+            # nobody needs any more; those warnings read like failures, so hush them for the close.
+            quiet = [logging.getLogger(n) for n in ("distributed.scheduler", "distributed.nanny", "distributed.worker")]
+            levels = [lg.level for lg in quiet]
+            for lg in quiet:
+                lg.setLevel(logging.ERROR)
+            try:
+                client.shutdown()
+            finally:
+                for lg, lvl in zip(quiet, levels, strict=True):
+                    lg.setLevel(lvl)
         else:
             # Never shut down a scheduler we only connected to.
             client.close()

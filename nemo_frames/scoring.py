@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from nemo_frames import schema as S
 from nemo_frames.backend import from_matrix, to_matrix
@@ -33,8 +34,9 @@ PathLike = str | os.PathLike[str]
 # Columns each operator adds, with their pandas dtypes (nullable: errored rows stay null).
 _COLUMNS: dict[str, Any] = {
     S.CONTENT_HASH: STRING,
-    S.WIDTH: "Int32",
-    S.HEIGHT: "Int32",
+    # Arrow-backed (not pandas' Int32): nullable for errored rows, and Dask's describe() accepts it.
+    S.WIDTH: pd.ArrowDtype(pa.int32()),
+    S.HEIGHT: pd.ArrowDtype(pa.int32()),
     S.BLUR_SCORE: "float32",
     S.QR_AREA_RATIO: "float32",
     S.PHASH: "UInt64",
@@ -230,8 +232,8 @@ class Score:
             t_decode = time.perf_counter()
             good = np.flatnonzero(ok)
             imgs = [decoded[i] for i in good]
-            new[S.WIDTH] = _nullable([d.width for d in imgs], ok, "Int32", idx)
-            new[S.HEIGHT] = _nullable([d.height for d in imgs], ok, "Int32", idx)
+            new[S.WIDTH] = _nullable([d.width for d in imgs], ok, _COLUMNS[S.WIDTH], idx)
+            new[S.HEIGHT] = _nullable([d.height for d in imgs], ok, _COLUMNS[S.HEIGHT], idx)
             if cfg.blur or cfg.qr or cfg.phash:
                 from nemo_frames.images import metrics as M
             if cfg.blur:

@@ -51,8 +51,7 @@ Fetches bytes by locator, decodes each image once, and computes every requested 
 the Laplacian), QR-code area ratio, pHash and content hash. CLIP embeddings and the LAION heads need weights: pass
 `clip={"model": "ViT-L-14", "pretrained": "/path/to/weights.safetensors"}`, `aesthetic=...`, `nsfw=...`.""",
 """scored = nf.score(df, blur=True, qr=True, phash=True, content_hash=True).persist()
-# (pandas describe: dask's describe() trips on the nullable Int32 width/height columns)
-scored[["blur_score", "qr_area_ratio", "width", "height"]].compute().describe()""",
+scored[["blur_score", "qr_area_ratio", "width", "height"]].describe().compute()""",
 """md:Errors are rows, not exceptions: the truncated JPEG is marked `decode_error` in the ledger.""",
 """errors = scored[scored.nf_status == "error"].compute()
 errors[["key", "nf_error"]]""",
