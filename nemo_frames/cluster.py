@@ -581,13 +581,17 @@ def get_client(
         )
         env = {var: str(plan["torch_threads"]) for var in THREAD_ENV_VARS}
         extra: dict[str, Any] = {"env": env} if processes else {}
+        if dash is None:
+            # Dashboard off, but the scheduler's HTTP server (health, metrics) still binds a port:
+            # a random one, so a second cluster does not collide on 8787 with a warning.
+            extra["scheduler_kwargs"] = {"dashboard_address": ":0", **kwargs.pop("scheduler_kwargs", {})}
         with _scheduler_safety(nwt):
             lc = distributed.LocalCluster(
                 n_workers=plan["n_workers"],
                 threads_per_worker=plan["threads_per_worker"],
                 memory_limit=plan["memory_limit"],
                 processes=processes,
-                dashboard_address=dash or ":0",
+                dashboard_address=dash,
                 **extra,
                 **kwargs,
             )

@@ -12,7 +12,7 @@ pytest.importorskip("nemo_frames.images.metrics")
 from nemo_frames.backend import to_matrix
 from nemo_frames.filters import apply_filters, blur
 from nemo_frames.io.webdataset import read_webdataset
-from nemo_frames.scoring import ScoreConfig, score  # noqa: E402
+from nemo_frames.scoring import ScoreConfig, score
 from tests.conftest import assets_path, sample_members, write_tar
 
 TINY = {"model": "nf-tiny-vit", "pretrained": None, "device": "cpu", "batch_size": 4}
