@@ -43,7 +43,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nemo_frames.io.commit import Committer
+from nemo_frames.io.commit import DEFAULT_CHECKSUM, Checksum, Committer
 from nemo_frames.io.parquet import table_from_pandas
 from nemo_frames.ledger import counts, ensure_ledger, merge_counts
 from nemo_frames.schema import (
@@ -155,7 +155,7 @@ class _Plan:
 _HEADER_TEMPLATE = _header_template()
 
 
-def _plan(keys: Sequence[str], blobs: Sequence[list[tuple[str, bytes]]]) -> _Plan:
+def _plan(keys: Sequence[str], blobs: Sequence[list[tuple[str, bytes | memoryview]]]) -> _Plan:
     pos = 0
     out = []
     for key, items in zip(keys, blobs, strict=True):
@@ -171,18 +171,30 @@ def _plan(keys: Sequence[str], blobs: Sequence[list[tuple[str, bytes]]]) -> _Pla
     return _Plan(out, pos)
 
 
-def _tar_writer(plan: _Plan, blobs: Sequence[list[tuple[str, bytes]]]) -> Any:
+_ZEROS = memoryview(bytes(2 * _RECORD))  # longer than any padding: the end of an archive is < 2 records
+
+
+def _tar_writer(plan: _Plan, blobs: Sequence[list[tuple[str, bytes | memoryview]]]) -> Any:
     def write(f: IO[bytes]) -> None:
+        # One list of buffers (headers, member bytes as views into the fetch buffers, padding) handed
+        # to the writer's writev: no member byte is copied in Python on the way to the file.
+        bufs: list[bytes | memoryview] = []
         written = 0
         for row, items in zip(plan.members, blobs, strict=True):
             for (_, header, _, size), (_, data) in zip(row, items, strict=True):
-                f.write(header)
-                f.write(data)
+                bufs.append(header)
+                bufs.append(data)
                 pad = (-size) % _BLOCK
                 if pad:
-                    f.write(b"\0" * pad)
+                    bufs.append(_ZEROS[:pad])
                 written += len(header) + size + pad
-        f.write(b"\0" * (plan.total - written))
+        bufs.append(_ZEROS[: plan.total - written])
+        writev = getattr(f, "writev", None)
+        if writev is not None:
+            writev(bufs)
+        else:
+            for b in bufs:
+                f.write(b)
 
     return write
 
@@ -303,17 +315,17 @@ def _write_shard(job: _ShardJob, i: int, parts: list[dict[int, pd.DataFrame]]) -
 
     fetch_df = pdf.assign(**{MEMBERS: members})
     has = members.notna().to_numpy()
-    data: list[dict[str, bytes] | None] = [None] * len(pdf)
+    data: list[dict[str, memoryview] | None] = [None] * len(pdf)
     fetch_err: list[str | None] = [None] * len(pdf)
     if has.any():
         got, why = fetch_members(fetch_df[has], exts=list(job.members) if job.members else None,
-                                 storage_options=job.read_storage_options)
+                                 storage_options=job.read_storage_options, views=True)
         for j, g, w in zip(np.flatnonzero(has), got, why, strict=True):
             data[j], fetch_err[j] = g, w
 
     kept: list[int] = []
     keys: list[str] = []
-    blobs: list[list[tuple[str, bytes]]] = []
+    blobs: list[list[tuple[str, memoryview]]] = []
     seen: set[str] = set()
     for row in range(len(pdf)):
         if not has[row]:
@@ -347,7 +359,9 @@ def _write_shard(job: _ShardJob, i: int, parts: list[dict[int, pd.DataFrame]]) -
     tar_url = c.url_of(f"{name}.tar")
     files: dict[str, Any] = {f"{name}.tar": _tar_writer(plan, blobs)}
     if job.write_parquet:
-        files[f"{name}.parquet"] = _parquet_bytes(pdf.iloc[kept], keys, plan, tar_url)
+        # Built lazily, after the tar is written: the tar's fsync (started by the committer) overlaps it.
+        rows = pdf.iloc[kept]
+        files[f"{name}.parquet"] = lambda f: f.write(_parquet_bytes(rows, keys, plan, tar_url))
     if job.write_index:
         files[f"{name}.idx"] = dali_index(keys, plan)
     by_ext = Counter(e for row in plan.members for e, _, _, _ in row)
@@ -452,6 +466,7 @@ def write_webdataset(
     overwrite: bool = False,
     progress: bool = True,
     fsync: bool = True,
+    checksum: Checksum = DEFAULT_CHECKSUM,
 ) -> ExportResult:
     """Write the ``ok`` rows of a sample table as WebDataset shards + Parquet + stats.
 
@@ -488,6 +503,10 @@ def write_webdataset(
     fsync : bool
         fsync each file before publishing it (local output). Turning it off is safe
         against killed processes and workers, not against a machine crash.
+    checksum : {"xxh3_64", "crc32", "sha256"}
+        Checksum of every file recorded in its shard's done marker (the marker names
+        the algorithm). It does not change any output file, so a run may resume an
+        export whose markers used another algorithm.
 
     Returns
     -------
@@ -554,6 +573,7 @@ def write_webdataset(
         overwrite=overwrite,
         run_files=RUN_FILES,
         fsync=fsync,
+        checksum=checksum,
     )
     n_shards = math.ceil(total / samples_per_shard)
     names = [f"{i:05d}" for i in range(n_shards)]
