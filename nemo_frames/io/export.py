@@ -116,8 +116,11 @@ def _tar_header(name: str, size: int) -> bytes:
         # Fast path for the usual case, byte-identical to tarfile's GNU header (checked by a test).
         head = bytearray(_HEADER_TEMPLATE)
         head[0 : len(raw)] = raw
-        head[124:136] = b"%011o\0" % size
-        head[148:156] = b"%06o\0 " % sum(head)  # checksum over the header with its field as spaces
+        size_field = b"%011o\0" % size
+        head[124:136] = size_field
+        # The checksum is the byte sum of the header with its own field as spaces: the template's sum
+        # (zeros where name and size go) plus the bytes filled in.
+        head[148:156] = b"%06o\0 " % (_HEADER_SUM + sum(raw) + sum(size_field))
         return bytes(head)
     return _tar_header_slow(name, size)
 
@@ -153,6 +156,7 @@ class _Plan:
 
 
 _HEADER_TEMPLATE = _header_template()
+_HEADER_SUM = sum(_HEADER_TEMPLATE)
 
 
 def _plan(keys: Sequence[str], blobs: Sequence[list[tuple[str, bytes | memoryview]]]) -> _Plan:
