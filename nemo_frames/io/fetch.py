@@ -54,8 +54,13 @@ def read_ranges(
     *,
     storage_options: dict[str, Any] | None = None,
     max_gap: int = DEFAULT_MAX_GAP,
-) -> list[bytes]:
+    views: bool = False,
+) -> list[bytes] | list[memoryview]:
     """Read ``(offset, size)`` ranges of one file (local or any fsspec URL), coalesced.
+
+    With ``views=True`` each range is a read-only ``memoryview`` into the buffer of its
+    coalesced read instead of a copy: a writer that hands the ranges on (export) saves
+    a copy of every byte. The views keep their whole buffer alive.
 
     Raises
     ------
@@ -81,14 +86,19 @@ def read_ranges(
                     f"{url}: expected {end - start} bytes at offset {start}, found {len(buf)}; "
                     "the shard changed or was truncated after the scan — scan it again"
                 )
+            src = memoryview(buf) if views else buf
             for i in idx:
                 off, size = ranges[i]
-                out[i] = buf[off - start : off - start + size]
+                out[i] = src[off - start : off - start + size]
     return out  # type: ignore[return-value]
 
 
 def fetch_members(
-    df: pd.DataFrame, *, exts: Sequence[str] | None = None, storage_options: dict[str, Any] | None = None
+    df: pd.DataFrame,
+    *,
+    exts: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    views: bool = False,
 ) -> tuple[list[dict[str, bytes] | None], list[str | None]]:
     """Fetch the member bytes of each row, grouped by shard.
 
@@ -98,6 +108,9 @@ def fetch_members(
         Rows with ``source`` and ``nf_members`` (as made by :func:`read_webdataset`).
     exts : sequence of str, optional
         Only these extensions (default: every member of the sample).
+    views : bool
+        Give each member as a read-only ``memoryview`` into its shard's read buffer
+        instead of ``bytes`` (no per-member copy; see :func:`read_ranges`).
 
     Returns
     -------
@@ -125,7 +138,7 @@ def fetch_members(
                 by_source[src].append((i, ext, int(off), int(size)))
     for src, items in by_source.items():
         try:
-            data = read_ranges(src, [(o, s) for _, _, o, s in items], storage_options=storage_options)
+            data = read_ranges(src, [(o, s) for _, _, o, s in items], storage_options=storage_options, views=views)
         except (OSError, ValueError) as exc:
             for i, *_ in items:
                 members[i] = None

@@ -7,9 +7,11 @@ import json
 import multiprocessing as mp
 import os
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from nemo_frames.io.commit import (
     CONFIG_FILE,
@@ -52,17 +54,33 @@ def test_output_name_is_deterministic_and_safe():
     assert "/" not in n1 and ".." not in output_name("../../x.y.tar", stage="s", config_hash=h)
 
 
-def test_write_publishes_files_and_marker_with_checksums(tmp_path):
-    c = Committer(tmp_path / "out", stage="t", config={"a": 1})
+def _reference_checksum(data: bytes, algo: str) -> str:
+    """The checksum computed by the reference library directly, not through nemo_frames."""
+    if algo == "sha256":
+        return hashlib.sha256(data).hexdigest()
+    if algo == "crc32":
+        return f"{zlib.crc32(data):08x}"
+    return xxhash.xxh3_64_hexdigest(data)
+
+
+@pytest.mark.parametrize("algo", ["xxh3_64", "crc32", "sha256", None])
+def test_write_publishes_files_and_marker_with_checksums(tmp_path, algo):
+    c = Committer(tmp_path / "out", stage="t", config={"a": 1}, **({"checksum": algo} if algo else {}))
+    algo = algo or "xxh3_64"  # the default
     files = _payload()
     files["00001.stream"] = lambda f: [f.write(jpeg(9)[i : i + 1000]) for i in range(0, len(jpeg(9)), 1000)]
+    # writev: more buffers than one call takes (IOV_MAX), mixing bytes and memoryviews
+    pieces = [jpeg(4)[i : i + 7] for i in range(0, 7 * 2500, 7)]
+    files["00001.vec"] = lambda f: f.writev([memoryview(b) if i % 2 else b for i, b in enumerate(pieces)])
     r = c.write("00001", files, counts={"samples": 3})
     assert r.won
     marker = json.loads((tmp_path / "out/_done/00001.json").read_text())
     assert marker["config_hash"] == c.config_hash and marker["counts"] == {"samples": 3}
+    assert marker["checksum"] == algo
     for name, meta in marker["files"].items():
         data = (tmp_path / "out" / name).read_bytes()
-        assert meta == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        assert meta == {"size": len(data), algo: _reference_checksum(data, algo)}
+    assert (tmp_path / "out/00001.vec").read_bytes() == b"".join(pieces)
     assert (tmp_path / "out/00001.stream").read_bytes() == jpeg(9)
     assert c.verify("00001") == []
     assert [p.name for p in (tmp_path / "out").iterdir() if ".tmp-" in p.name] == []
@@ -178,6 +196,35 @@ def test_nondeterministic_loser_is_detected(tmp_path, monkeypatch):
     monkeypatch.setattr(b, "done", lambda name: False)
     with pytest.raises(NonDeterministicOutputError, match="different bytes"):
         b.write("00005", {"00005.x": b"B"})
+
+
+def test_verify_detects_changed_bytes_and_reads_old_sha256_markers(tmp_path):
+    c = Committer(tmp_path, stage="t", config={}, checksum="crc32")
+    c.write("00006", {"00006.x": b"abc"})
+    assert c.verify("00006") == []
+    (tmp_path / "00006.x").write_bytes(b"abd")  # same size, other bytes
+    assert c.verify("00006") == ["00006.x: size/crc32 differ from the marker"]
+    # a marker written before the algorithm was recorded: sha256, no "checksum" key
+    (tmp_path / "_done/00007.json").write_text(json.dumps(
+        {"name": "00007", "files": {"00006.x": {"size": 3, "sha256": hashlib.sha256(b"abd").hexdigest()}}}))
+    assert c.verify("00007") == []
+
+
+def test_unknown_checksum_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="checksum must be one of"):
+        Committer(tmp_path, stage="t", config={}, checksum="md5")  # type: ignore[arg-type]
+
+
+def test_loser_with_another_checksum_compares_bytes(tmp_path, monkeypatch):
+    a = Committer(tmp_path, stage="t", config={}, checksum="sha256")
+    a.write("00005", {"00005.x": b"A"})
+    same = Committer(tmp_path, stage="t", config={}, sweep=False)  # xxh3_64: the marker's sha256 can't be compared
+    monkeypatch.setattr(same, "done", lambda name: False)
+    assert not same.write("00005", {"00005.x": b"A"}).won
+    other = Committer(tmp_path, stage="t", config={}, sweep=False, checksum="crc32")
+    monkeypatch.setattr(other, "done", lambda name: False)
+    with pytest.raises(NonDeterministicOutputError, match="different bytes"):
+        other.write("00005", {"00005.x": b"B"})
 
 
 # ------------------------------------------------------------------ S3 (moto)
