@@ -232,3 +232,12 @@ def _register_cugraph_components() -> None:
 
         graph = coo_matrix((cupy.ones(len(src), cupy.float32), (src, dst)), shape=(n, n)).tocsr()
         return cugraph.connected_components(graph, directed=False, connection="weak", return_labels=True)[1]
+
+
+def cuda_device_present() -> bool:
+    """Cheap check for an NVIDIA device (no torch import): driver files, then torch if they exist."""
+    import os
+
+    if not (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")):
+        return False
+    return gpu_available()

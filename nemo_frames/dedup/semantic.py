@@ -195,7 +195,7 @@ def pair_pass(
     NeMo Curator quantity. Memory is ``O(block_size · n)``.
     """
     n = len(x)
-    use_torch = similarity == "torch" or (similarity == "auto" and nfb.gpu_available())
+    use_torch = similarity == "torch" or (similarity == "auto" and nfb.cuda_device_present())
     best = np.full(n, -np.inf, np.float32)
     arg = np.full(n, -1, np.int64)
     ei, ej, es = [], [], []
