@@ -29,6 +29,7 @@ ranked A, C, B it keeps A and C (``components`` keeps only A).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import shutil
 import tempfile
@@ -43,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nemo_frames import backend as nfb
-from nemo_frames.dedup._checkpoint import Checkpoint, config_hash
+from nemo_frames.dedup._checkpoint import Checkpoint
 from nemo_frames.dedup._table import (
     DUP_DTYPES,
     Policy,
@@ -415,7 +416,7 @@ def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clusterin
         fit.write_npy_atomic(centroids, "centroids")
         fit.mark_done("centroids", {"rows": int(n_rows), "excluded": int(excluded), "k": len(centroids), "fit_rows": len(x)})
     n_buckets = max(1, min(len(centroids), math.ceil(n_rows / ROWS_PER_BUCKET)))
-    assign_cfg = {"fit": fit.hash, "centroids": config_hash({"c": centroids.tobytes().hex()[:4096], "s": centroids.sum().item()}),
+    assign_cfg = {"fit": fit.hash, "centroids": hashlib.sha256(centroids.tobytes()).hexdigest()[:16],
                   "npartitions": ddf.npartitions, "n_buckets": n_buckets, "score_column": cfg.score_column}
     ck = Checkpoint(root, "assign", assign_cfg)
     cent = dask.delayed(centroids)

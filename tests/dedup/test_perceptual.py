@@ -117,7 +117,7 @@ def test_giant_bucket_of_blank_images_is_not_quadratic():
 
 def test_ukbench_variants_at_t10():
     folder = assets_path("images-imagededup")
-    paths = sorted((folder / "mixed_images").glob("ukbench00120*.jpg")) + [folder / "ukbench00120_gray.jpg"]
+    paths = [*sorted((folder / "mixed_images").glob("ukbench00120*.jpg")), folder / "ukbench00120_gray.jpg"]
     paths += [folder / "base_images" / "ukbench01380.jpg"]
     df = _frame(paths)
     t = perceptual_duplicates(df, threshold=10)
