@@ -39,7 +39,7 @@ def run_one(args: argparse.Namespace) -> dict:
     return {
         "n": len(keys), "wall_s": wall, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "precision": precision, "recall": recall, "removed": int((~table.is_survivor).sum()),
-        "clusters": table.attrs["n_clusters"], "split": table.attrs["split_clusters"],
+        "clusters": table.attrs["n_clusters"], "split": table.attrs["split_clusters"], **table.attrs["timings"],
     }
 
 
@@ -73,10 +73,11 @@ def main() -> None:
     base = rows[0]["wall_s"] / rows[0]["n"]
     print(f"\nsemantic dedup, planted pairs at cos {args.cos}, eps {args.eps}, d={args.d}, mode={args.mode}, "
           f"{args.threads} threads\n")
-    print("| N | clusters | wall (s) | time/row vs first | peak RSS (GiB) | precision | recall | removed |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| N | clusters | wall (s) | sample+fit / assign / pairs (s) | time/row vs first | peak RSS (GiB) | precision | recall | removed |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['n']:,} | {r['clusters']} | {r['wall_s']:.1f} | {r['wall_s'] / r['n'] / base:.2f} | "
+        stages = f"{r.get('sample_s', 0) + r.get('fit_s', 0):.0f} / {r.get('assign_s', 0):.0f} / {r.get('pairs_s', 0):.0f}"
+        print(f"| {r['n']:,} | {r['clusters']} | {r['wall_s']:.1f} | {stages} | {r['wall_s'] / r['n'] / base:.2f} | "
               f"{r['peak_rss_gib']:.2f} | {r['precision']:.4f} | {r['recall']:.4f} | {r['removed']:,} |")
 
 
