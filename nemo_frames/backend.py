@@ -138,6 +138,12 @@ kmeans_fit = Dispatch("nf_kmeans_fit")
 connected_components = Dispatch("nf_connected_components")
 
 
+def to_gpu(x: Any) -> Any:
+    """A CuPy array for a numpy array (the GPU k-means input)."""
+    cupy = require("cupy", "gpu", "GPU arrays")
+    return cupy.asarray(x)
+
+
 def to_host(x: Any) -> Any:
     """A numpy array / pandas object for a CuPy array / cuDF object (identity on CPU objects)."""
     if type(x).__module__.startswith("cupy"):
@@ -202,7 +208,12 @@ def kmeans_fit_dask_cudf(ddf: Any, column: str, n_clusters: int, *, max_iter: in
     import cupy
 
     kmeans_mod = require("cuml.dask.cluster", "gpu", "multi-GPU k-means")
-    darr = ddf[column].map_partitions(lambda s: to_matrix(s), meta=cupy.empty((0, 0), dtype=cupy.float32))
+
+    def unit_rows(s: Any) -> Any:
+        m = to_matrix(s)
+        return m / cupy.maximum(cupy.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+
+    darr = ddf[column].map_partitions(unit_rows, meta=cupy.empty((0, 0), dtype=cupy.float32))
     darr = darr.to_dask_array() if hasattr(darr, "to_dask_array") else darr
     darr.compute_chunk_sizes()
     km = kmeans_mod.KMeans(client=client, n_clusters=int(n_clusters), max_iter=int(max_iter), random_state=int(seed))

@@ -416,7 +416,7 @@ def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clusterin
         timings["sample_s"] = time.perf_counter() - t0
         k = cfg.n_clusters or math.ceil(n_rows / ROWS_PER_CLUSTER)
         k = max(1, min(int(k), len(x)))
-        centroids = np.asarray(nfb.to_host(nfb.kmeans_fit(x, k, backend=cfg.backend, max_iter=cfg.max_iter, seed=cfg.seed)), np.float32)
+        centroids = np.asarray(nfb.to_host(_fit(ddf, x, k, cfg)), np.float32)
         centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
         fit.write_npy_atomic(centroids, "centroids")
         fit.mark_done("centroids", {"rows": int(n_rows), "excluded": int(excluded), "k": len(centroids), "fit_rows": len(x)})
@@ -435,6 +435,23 @@ def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clusterin
             sizes[int(c)] += v
     timings["assign_s"] = time.perf_counter() - t0
     return _Clustering(root, centroids, sizes, n_buckets, int(sizes.sum()), int(excluded), ck.hash, timings)
+
+
+def _fit(ddf: Any, x: np.ndarray, k: int, cfg: SemanticConfig) -> Any:
+    """k-means centroids: cuML on a GPU frame (multi-GPU with a Dask client), else faiss / sklearn."""
+    on_gpu = nfb.frame_backend(ddf) == "cudf" and nfb.has_module("cuml")
+    if cfg.backend == "cuml" or (cfg.backend == "auto" and on_gpu):
+        client = None
+        with contextlib.suppress(ImportError, ValueError):
+            from distributed import default_client
+
+            client = default_client()
+        if client is not None and nfb.frame_backend(ddf) == "cudf":
+            ok = ddf[ddf[STATUS] == Status.OK.value] if STATUS in ddf.columns else ddf
+            ok = ok[ok[cfg.embedding_column].notna()]
+            return nfb.kmeans_fit_dask_cudf(ok, cfg.embedding_column, k, max_iter=cfg.max_iter, seed=cfg.seed, client=client)
+        return nfb.kmeans_fit(nfb.to_gpu(x), k, max_iter=cfg.max_iter, seed=cfg.seed)
+    return nfb.kmeans_fit(x, k, backend=cfg.backend, max_iter=cfg.max_iter, seed=cfg.seed)
 
 
 def _read_bucket(root: Path, b: int, clusters: Sequence[int]) -> tuple[pd.Series, np.ndarray, np.ndarray, np.ndarray | None]:
