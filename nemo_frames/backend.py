@@ -152,6 +152,12 @@ kmeans_fit = Dispatch("nf_kmeans_fit")
 connected_components = Dispatch("nf_connected_components")
 
 
+def to_gpu(x: Any) -> Any:
+    """A CuPy array for a numpy array (the GPU k-means input)."""
+    cupy = require("cupy", "gpu", "GPU arrays")
+    return cupy.asarray(x)
+
+
 def to_host(x: Any) -> Any:
     """A numpy array / pandas object for a CuPy array / cuDF object (identity on CPU objects)."""
     if type(x).__module__.startswith("cupy"):
@@ -216,7 +222,12 @@ def kmeans_fit_dask_cudf(ddf: Any, column: str, n_clusters: int, *, max_iter: in
     import cupy
 
     kmeans_mod = require("cuml.dask.cluster", "gpu", "multi-GPU k-means")
-    darr = ddf[column].map_partitions(lambda s: to_matrix(s), meta=cupy.empty((0, 0), dtype=cupy.float32))
+
+    def unit_rows(s: Any) -> Any:
+        m = to_matrix(s)
+        return m / cupy.maximum(cupy.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+
+    darr = ddf[column].map_partitions(unit_rows, meta=cupy.empty((0, 0), dtype=cupy.float32))
     darr = darr.to_dask_array() if hasattr(darr, "to_dask_array") else darr
     darr.compute_chunk_sizes()
     km = kmeans_mod.KMeans(client=client, n_clusters=int(n_clusters), max_iter=int(max_iter), random_state=int(seed))
@@ -246,3 +257,12 @@ def _register_cugraph_components() -> None:
 
         graph = coo_matrix((cupy.ones(len(src), cupy.float32), (src, dst)), shape=(n, n)).tocsr()
         return cugraph.connected_components(graph, directed=False, connection="weak", return_labels=True)[1]
+
+
+def cuda_device_present() -> bool:
+    """Cheap check for an NVIDIA device (no torch import): driver files, then torch if they exist."""
+    import os
+
+    if not (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")):
+        return False
+    return gpu_available()

@@ -452,12 +452,15 @@ def perceptual_duplicates(
     surv = group_survivors(lab, rank)
 
     # nearest neighbour: another row with the same hash (distance 0), else the closest hash
-    by_hash = pd.DataFrame({"h": ginv, "k": keys}).sort_values(["h", "k"])
-    first = by_hash.groupby("h")["k"].transform("first")
-    second = by_hash.groupby("h")["k"].transform(lambda s: s.iloc[1] if len(s) > 1 else None)
-    mult = by_hash.groupby("h")["k"].transform("size")
-    same = pd.Series(np.where(by_hash["k"] == first, second, first), index=by_hash.index).reindex(range(len(keys)))
-    mult = mult.reindex(range(len(keys))).to_numpy()
+    o = np.lexsort((keys.astype(str), ginv))  # by hash, then key
+    hs = ginv[o]
+    pos = np.arange(len(o))
+    start = np.maximum.accumulate(np.where(np.r_[True, hs[1:] != hs[:-1]], pos, 0))
+    first = keys[o][start]
+    second = keys[o][np.minimum(start + 1, len(o) - 1)]
+    same = np.empty(len(keys), dtype=object)
+    same[o] = np.where(pos == start, second, first)  # another row with the identical hash
+    mult = np.bincount(ginv)[ginv]
     min_key_of_hash = pd.Series(keys, dtype=object).groupby(ginv).min()
     src = np.concatenate([ia, ib])
     dst = np.concatenate([ib, ia])
@@ -470,7 +473,7 @@ def perceptual_duplicates(
     near_key = min_key_of_hash.reindex(nn_dst.reindex(ginv).to_numpy()).to_numpy(dtype=object)
     near_d = nn_dist.reindex(ginv).to_numpy(dtype=np.float64)
     use_same = mult > 1
-    matched = np.where(use_same, same.to_numpy(dtype=object), near_key)
+    matched = np.where(use_same, same, near_key)
     d = np.where(use_same, 0.0, near_d)
     table = pd.DataFrame(
         {

@@ -29,9 +29,11 @@ ranked A, C, B it keeps A and C (``components`` keeps only A).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nemo_frames import backend as nfb
-from nemo_frames.dedup._checkpoint import Checkpoint, config_hash
+from nemo_frames.dedup._checkpoint import Checkpoint
 from nemo_frames.dedup._table import (
     DUP_DTYPES,
     Policy,
@@ -195,7 +197,7 @@ def pair_pass(
     NeMo Curator quantity. Memory is ``O(block_size · n)``.
     """
     n = len(x)
-    use_torch = similarity == "torch" or (similarity == "auto" and nfb.gpu_available())
+    use_torch = similarity == "torch" or (similarity == "auto" and nfb.cuda_device_present())
     best = np.full(n, -np.inf, np.float32)
     arg = np.full(n, -1, np.int64)
     ei, ej, es = [], [], []
@@ -383,6 +385,7 @@ class _Clustering:
     n_rows: int
     excluded: int
     assign_hash: str
+    timings: dict[str, float]
 
 
 def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clustering:
@@ -395,6 +398,8 @@ def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clusterin
         if k in ("n_clusters", "sample_fraction", "max_fit_rows", "backend", "max_iter", "seed", "embedding_column")
     }
     fit = Checkpoint(root, "fit", fit_cfg)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
     if fit.is_done("centroids"):
         info = fit.read_done("centroids")
         centroids = np.load(fit.path("centroids", ".npy"))
@@ -408,14 +413,17 @@ def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clusterin
         if n_rows == 0:
             raise ValueError(f"{stage}: no rows with nf_status == 'ok' and a non-zero embedding to deduplicate")
         x = x[np.argsort(h, kind="stable")]  # a fixed order: the fit must not depend on partitioning
+        timings["sample_s"] = time.perf_counter() - t0
         k = cfg.n_clusters or math.ceil(n_rows / ROWS_PER_CLUSTER)
         k = max(1, min(int(k), len(x)))
-        centroids = np.asarray(nfb.to_host(nfb.kmeans_fit(x, k, backend=cfg.backend, max_iter=cfg.max_iter, seed=cfg.seed)), np.float32)
+        centroids = np.asarray(nfb.to_host(_fit(ddf, x, k, cfg)), np.float32)
         centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
         fit.write_npy_atomic(centroids, "centroids")
         fit.mark_done("centroids", {"rows": int(n_rows), "excluded": int(excluded), "k": len(centroids), "fit_rows": len(x)})
+    timings["fit_s"] = time.perf_counter() - t0 - timings.get("sample_s", 0.0)
+    t0 = time.perf_counter()
     n_buckets = max(1, min(len(centroids), math.ceil(n_rows / ROWS_PER_BUCKET)))
-    assign_cfg = {"fit": fit.hash, "centroids": config_hash({"c": centroids.tobytes().hex()[:4096], "s": centroids.sum().item()}),
+    assign_cfg = {"fit": fit.hash, "centroids": hashlib.sha256(centroids.tobytes()).hexdigest()[:16],
                   "npartitions": ddf.npartitions, "n_buckets": n_buckets, "score_column": cfg.score_column}
     ck = Checkpoint(root, "assign", assign_cfg)
     cent = dask.delayed(centroids)
@@ -425,7 +433,25 @@ def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clusterin
     for info in infos:
         for c, v in info["counts"].items():
             sizes[int(c)] += v
-    return _Clustering(root, centroids, sizes, n_buckets, int(sizes.sum()), int(excluded), ck.hash)
+    timings["assign_s"] = time.perf_counter() - t0
+    return _Clustering(root, centroids, sizes, n_buckets, int(sizes.sum()), int(excluded), ck.hash, timings)
+
+
+def _fit(ddf: Any, x: np.ndarray, k: int, cfg: SemanticConfig) -> Any:
+    """k-means centroids: cuML on a GPU frame (multi-GPU with a Dask client), else faiss / sklearn."""
+    on_gpu = nfb.frame_backend(ddf) == "cudf" and nfb.has_module("cuml")
+    if cfg.backend == "cuml" or (cfg.backend == "auto" and on_gpu):
+        client = None
+        with contextlib.suppress(ImportError, ValueError):
+            from distributed import default_client
+
+            client = default_client()
+        if client is not None and nfb.frame_backend(ddf) == "cudf":
+            ok = ddf[ddf[STATUS] == Status.OK.value] if STATUS in ddf.columns else ddf
+            ok = ok[ok[cfg.embedding_column].notna()]
+            return nfb.kmeans_fit_dask_cudf(ok, cfg.embedding_column, k, max_iter=cfg.max_iter, seed=cfg.seed, client=client)
+        return nfb.kmeans_fit(nfb.to_gpu(x), k, max_iter=cfg.max_iter, seed=cfg.seed)
+    return nfb.kmeans_fit(x, k, backend=cfg.backend, max_iter=cfg.max_iter, seed=cfg.seed)
 
 
 def _read_bucket(root: Path, b: int, clusters: Sequence[int]) -> tuple[pd.Series, np.ndarray, np.ndarray, np.ndarray | None]:
@@ -548,7 +574,7 @@ def semantic_duplicates(
         most similar group member, ``max_similarity`` that cosine. ``nemo_curator``: the
         most similar *earlier-ranked* row (NeMo's ``max_id`` / ``cosine_sim_score``), NaN for
         the first row of a cluster. ``attrs`` holds ``n_rows``, ``n_clusters``,
-        ``split_clusters`` and ``excluded`` rows.
+        ``split_clusters``, ``excluded`` rows and per-pass ``timings``.
 
     Examples
     --------
@@ -574,6 +600,7 @@ def semantic_duplicates(
         pairs_cfg = {"assign": cl.assign_hash, **{k: v for k, v in asdict(cfg).items() if k in (
             "eps", "policy", "score_column", "mode", "max_cluster_size", "block_size", "seed")}}
         ck = Checkpoint(root, "pairs", pairs_cfg)
+        t0 = time.perf_counter()
         nonempty = np.nonzero(cl.sizes)[0]
         tasks = [
             dask.delayed(_pairs_bucket)(b, [int(c) for c in nonempty if c % cl.n_buckets == b], cl, ck, cfg)
@@ -583,6 +610,7 @@ def semantic_duplicates(
         files = [ck.path(f"cluster-{int(c):06d}") for c in nonempty]
         tables = [pq.read_table(f).to_pandas() for f in files]
         tables = [t for t in tables if len(t)]
+        cl.timings["pairs_s"] = time.perf_counter() - t0
     attrs = {
         "n_clusters": len(cl.centroids),
         "split_clusters": int(sum(s["split"] for s in stats)),
@@ -590,6 +618,7 @@ def semantic_duplicates(
         "eps": cfg.eps,
         "mode": cfg.mode,
         "policy": cfg.policy,
+        "timings": {k: round(v, 3) for k, v in cl.timings.items()},
     }
     table = pd.concat(tables, ignore_index=True) if tables else empty_dup_table({"cluster_id": "int32"})
     return finish_dup_table(table, n_rows=cl.n_rows, method="semantic", **attrs)

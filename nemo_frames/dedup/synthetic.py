@@ -33,7 +33,7 @@ def planted_partition(
     which = rng.integers(0, n_centers, rows)
     x = centers[which] + rng.standard_normal((rows, d), dtype=np.float32) * np.float32(spread / math.sqrt(d))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    n_dup = int(round(rows * dup_fraction))
+    n_dup = round(rows * dup_fraction)
     src = rng.choice(rows, n_dup, replace=False) if n_dup else np.zeros(0, np.int64)
     z = rng.standard_normal((n_dup, d), dtype=np.float32)
     base = x[src]
@@ -78,7 +78,7 @@ def planted_embeddings(
     """
     import dask.dataframe as dd
 
-    base_total = int(round(n / (1.0 + dup_fraction)))
+    base_total = round(n / (1.0 + dup_fraction))
     parts = max(1, math.ceil(base_total / partition_rows))
     sizes = [base_total // parts + (1 if i < base_total % parts else 0) for i in range(parts)]
     kw = {"d": d, "n_centers": n_centers, "dup_fraction": dup_fraction, "cosine": cosine, "spread": spread, "seed": seed}

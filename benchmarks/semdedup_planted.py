@@ -1,0 +1,85 @@
+"""Semantic dedup on synthetic embeddings with planted near-duplicates: time, peak memory, precision, recall.
+
+Each N runs in a fresh subprocess (so peak RSS is that run's own) on a lazy Dask frame that
+generates its partitions on demand (float32, 20k rows each). Planted copies sit at an exact
+cosine (default 0.995) to their original; eps defaults to 0.01 (threshold 0.99). The baseline
+row is the smallest N: the table reports time per row relative to it (1.0 = linear scaling).
+
+    python benchmarks/semdedup_planted.py --n 100000 300000
+    python benchmarks/semdedup_planted.py --n 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    import dask
+    import faiss
+
+    from nemo_frames.dedup import semantic_duplicates
+    from nemo_frames.dedup.synthetic import pair_scores, planted_embeddings, planted_pairs
+
+    faiss.omp_set_num_threads(args.threads)
+    ddf = planted_embeddings(args.single, d=args.d, cosine=args.cos, dup_fraction=args.dup_fraction,
+                             n_centers=args.centers, seed=0)
+    t0 = time.perf_counter()
+    with dask.config.set(scheduler="threads", num_workers=args.threads):
+        table = semantic_duplicates(ddf, eps=args.eps, mode=args.mode, n_clusters=args.n_clusters,
+                                    max_fit_rows=args.max_fit_rows, checkpoint_dir=args.checkpoint_dir)
+    wall = time.perf_counter() - t0
+    keys = ddf["key"].compute()
+    precision, recall = pair_scores(table, planted_pairs(keys))
+    return {
+        "n": len(keys), "wall_s": wall, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "precision": precision, "recall": recall, "removed": int((~table.is_survivor).sum()),
+        "clusters": table.attrs["n_clusters"], "split": table.attrs["split_clusters"], **table.attrs["timings"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, nargs="+", default=[100_000, 300_000])
+    ap.add_argument("--d", type=int, default=768)
+    ap.add_argument("--eps", type=float, default=0.01)
+    ap.add_argument("--cos", type=float, default=0.995)
+    ap.add_argument("--dup-fraction", type=float, default=0.05)
+    ap.add_argument("--centers", type=int, default=200)
+    ap.add_argument("--mode", default="components", choices=["components", "nemo_curator"])
+    ap.add_argument("--n-clusters", type=int, default=None)
+    ap.add_argument("--max-fit-rows", type=int, default=200_000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--checkpoint-dir", default=None)
+    ap.add_argument("--single", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.single:
+        print(json.dumps(run_one(args)))
+        return
+    rows = []
+    for n in args.n:
+        cmd = [sys.executable, __file__, "--single", str(n)] + [
+            a for k, v in vars(args).items() if k not in ("n", "single") and v is not None
+            for a in (f"--{k.replace('_', '-')}", str(v))
+        ]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        rows.append(json.loads(out))
+        print(f"done n={n}: {rows[-1]}", file=sys.stderr)
+    base = rows[0]["wall_s"] / rows[0]["n"]
+    print(f"\nsemantic dedup, planted pairs at cos {args.cos}, eps {args.eps}, d={args.d}, mode={args.mode}, "
+          f"{args.threads} threads\n")
+    print("| N | clusters | wall (s) | sample+fit / assign / pairs (s) | time/row vs first | peak RSS (GiB) | precision | recall | removed |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        stages = f"{r.get('sample_s', 0) + r.get('fit_s', 0):.0f} / {r.get('assign_s', 0):.0f} / {r.get('pairs_s', 0):.0f}"
+        print(f"| {r['n']:,} | {r['clusters']} | {r['wall_s']:.1f} | {stages} | {r['wall_s'] / r['n'] / base:.2f} | "
+              f"{r['peak_rss_gib']:.2f} | {r['precision']:.4f} | {r['recall']:.4f} | {r['removed']:,} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import math
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+
+from nemo_frames.backend import from_matrix
+from nemo_frames.dedup import drop_duplicates, eps_sweep, semantic_duplicates, summary
+from nemo_frames.dedup.semantic import SemanticConfig, dedup_cluster, pair_pass
+from nemo_frames.dedup.synthetic import pair_scores, planted_embeddings, planted_pairs
+
+
+@pytest.fixture(scope="module")
+def planted() -> pd.DataFrame:
+    return planted_embeddings(3000, d=64, partition_rows=1000, n_centers=12, dup_fraction=0.1).compute().reset_index(drop=True)
+
+
+def _frame(x: np.ndarray, keys, **cols) -> pd.DataFrame:
+    return pd.DataFrame({"key": pd.array(list(keys), dtype="string[pyarrow]"), **cols}).assign(embedding=from_matrix(x))
+
+
+def _chain(score_a: float, score_b: float, score_c: float) -> pd.DataFrame:
+    """A~B and B~C (cos 0.993) but A≁C (cos 0.972), plus three unrelated rows."""
+    theta = math.acos(0.993)
+    x = np.zeros((6, 8), np.float32)
+    for i, k in enumerate((0, 1, 2)):
+        x[i, 0], x[i, 1] = math.cos(k * theta), math.sin(k * theta)
+    x[3, 3] = x[4, 4] = x[5, 5] = 1.0
+    return _frame(x, ["A", "B", "C", "u1", "u2", "u3"], aesthetic_score=[score_a, score_b, score_c, 0.0, 0.0, 0.0])
+
+
+def _kept(t: pd.DataFrame) -> set[str]:
+    return set(t.loc[t.is_survivor, "key"])
+
+
+def test_chain_components_vs_nemo_curator_rule():
+    kw = {"eps": 0.01, "n_clusters": 1, "policy": "max_score", "score_column": "aesthetic_score"}
+    # ranked A, B, C: both rules keep only A; NeMo removes C through B although B is removed too
+    df = _chain(3.0, 2.0, 1.0)
+    comp = semantic_duplicates(df, **kw)
+    nemo = semantic_duplicates(df, mode="nemo_curator", **kw)
+    assert set(comp["key"]) == {"A", "B", "C"} and comp["group_id"].nunique() == 1
+    assert _kept(comp) == {"A"} and _kept(nemo) == {"A"}
+    assert nemo.set_index("key").loc["C", "matched_key"] == "B"
+    # ranked A, C, B: C has no earlier neighbour in NeMo's rule, so it stays; one component keeps one row
+    df = _chain(3.0, 1.0, 2.0)
+    comp = semantic_duplicates(df, **kw)
+    nemo = semantic_duplicates(df, mode="nemo_curator", **kw)
+    assert _kept(comp) == {"A"}
+    assert _kept(nemo) == {"A", "C"}
+    row = comp.set_index("key").loc["C"]
+    assert row.matched_key == "B" and row.max_similarity == pytest.approx(0.993, abs=1e-5)
+    b = nemo.set_index("key").loc["B"]
+    assert b.matched_key in ("A", "C") and b.max_similarity >= 0.99
+    assert np.isnan(nemo.set_index("key").loc["A", "max_similarity"])  # ranked first: nothing earlier
+
+
+def test_planted_precision_recall_and_summary(planted):
+    truth = planted_pairs(planted["key"])
+    t = semantic_duplicates(planted, eps=0.01, n_clusters=6)
+    precision, recall = pair_scores(t, truth)
+    assert precision >= 0.99 and recall >= 0.97
+    s = summary(t)
+    assert s.loc[0, "rows"] == len(planted) and s.loc[0, "removed"] == (~t.is_survivor).sum()
+    assert t["group_id"].str.startswith("b").all()  # group ids are the smallest key
+
+
+@pytest.mark.parametrize("policy", ["farthest_centroid", "nearest_centroid", "max_score", "smallest_key"])
+def test_partitioning_does_not_change_results(planted, policy):
+    kw = {"eps": 0.01, "n_clusters": 6, "policy": policy, "score_column": "aesthetic_score"}
+    ref = semantic_duplicates(dd.from_pandas(planted, npartitions=1), **kw)
+    for n in (3, 7):
+        shuffled = planted.sample(frac=1.0, random_state=n)
+        pd.testing.assert_frame_equal(semantic_duplicates(dd.from_pandas(shuffled, npartitions=n), **kw), ref)
+
+
+def test_worker_count_does_not_change_results(planted):
+    from distributed import Client, LocalCluster
+
+    ddf = dd.from_pandas(planted, npartitions=4)
+    out = []
+    for workers in (1, 2):
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, Client(cluster):
+            out.append(semantic_duplicates(ddf, eps=0.01, n_clusters=6, mode="nemo_curator"))
+    pd.testing.assert_frame_equal(out[0], out[1])
+    assert len(out[0]) > 100
+
+
+def test_policies_pick_the_documented_survivor():
+    x = np.zeros((2, 4), np.float32)
+    x[0, :2] = [1.0, 0.0]
+    x[1, :2] = [0.995, math.sqrt(1 - 0.995**2)]
+    keys = np.array(["b", "a"], dtype=object)
+    centroid = np.array([0.0, 1.0, 0.0, 0.0], np.float32)  # row 1 ("a") is nearer
+    score = np.array([2.0, 1.0])
+
+    def survivor(policy: str) -> str:
+        t = dedup_cluster(keys, x, score, centroid, SemanticConfig(policy=policy, score_column="s"))
+        return t.loc[t.is_survivor, "key"].item()
+
+    assert survivor("nearest_centroid") == "a"
+    assert survivor("farthest_centroid") == "b"
+    assert survivor("max_score") == "b"
+    assert survivor("smallest_key") == "a"
+
+
+def test_torch_and_numpy_blocks_agree(planted):
+    from nemo_frames.backend import to_matrix
+
+    x = to_matrix(planted["embedding"])[:700]
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    a = pair_pass(x, 0.99, block_size=128, similarity="numpy")
+    b = pair_pass(x, 0.99, block_size=128, similarity="torch")
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_allclose(u, v, rtol=0, atol=1e-5)
+    assert len(a[0]) > 0
+
+
+def test_oversized_clusters_are_split(planted):
+    t = semantic_duplicates(planted, eps=0.01, n_clusters=1, max_cluster_size=800)
+    assert t.attrs["split_clusters"] == 1
+    _, recall = pair_scores(t, planted_pairs(planted["key"]))
+    assert recall >= 0.9  # pairs cut by a split are lost; most survive
+    # identical rows cannot be split by 2-means: the fallback still bounds every piece
+    same = _frame(np.ones((300, 8), np.float32), [f"k{i:03d}" for i in range(300)])
+    t = semantic_duplicates(same, n_clusters=1, max_cluster_size=100)
+    assert t.groupby("group_id").size().max() <= 100 and t["is_survivor"].sum() >= 3
+
+
+def test_eps_sweep_matches_the_dedup_counts(planted):
+    sweep = eps_sweep(planted, [0.001, 0.004, 0.01, 0.05], sample_clusters=None, n_clusters=6)
+    assert sweep["rows"].iloc[0] == len(planted)
+    assert sweep["removed_components"].is_monotonic_increasing
+    at = sweep.set_index("eps").loc[0.01]
+    for mode, col in (("components", "removed_components"), ("nemo_curator", "removed_nemo_curator")):
+        t = semantic_duplicates(planted, eps=0.01, n_clusters=6, mode=mode)
+        assert (~t.is_survivor).sum() == at[col]
+    assert sweep.set_index("eps").loc[0.001, "removed_components"] == 0  # planted pairs are at cos 0.995
+    sampled = eps_sweep(planted, [0.01], sample_clusters=2, n_clusters=6)
+    assert 0 < sampled["rows"].iloc[0] < len(planted)
+
+
+def test_checkpoint_resume_and_refusal(planted, tmp_path):
+    kw = {"eps": 0.01, "n_clusters": 6, "checkpoint_dir": tmp_path}
+    ref = semantic_duplicates(planted, **kw)
+    pairs = tmp_path / "pairs"
+    done = sorted(pairs.glob("cluster-*.done"))
+    assert len(done) == 6
+    # a run killed mid-way: two clusters lost their markers, one left a temporary behind
+    for p in done[:2]:
+        p.unlink()
+    (pairs / ".nf-tmp-dead-cluster-000001.parquet").write_bytes(b"partial")
+    (tmp_path / "assign" / "part-000000.done").unlink()
+    again = semantic_duplicates(planted, **kw)
+    pd.testing.assert_frame_equal(again, ref)
+    assert not list(tmp_path.rglob(".nf-tmp-*"))
+    with pytest.raises(ValueError, match="different settings"):
+        semantic_duplicates(planted, eps=0.02, n_clusters=6, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="different settings"):
+        semantic_duplicates(planted, eps=0.01, n_clusters=5, checkpoint_dir=tmp_path)
+    # the sweep reuses the clustering of the same settings
+    assert eps_sweep(planted, [0.01], sample_clusters=None, n_clusters=6, checkpoint_dir=tmp_path)["removed_components"].item() == (~ref.is_survivor).sum()
+
+
+def test_ledger_rows_and_bad_embeddings_do_not_take_part():
+    x = np.eye(5, 8, dtype=np.float32)
+    x[1] = x[0]
+    x[3] = 0.0  # zero vector: cannot be normalised
+    df = _frame(x, list("abcde"), nf_status=pd.array(["ok", "ok", "error", "ok", "ok"], dtype="string[pyarrow]"))
+    df.loc[4, "embedding"] = None
+    t = semantic_duplicates(df, n_clusters=1, policy="smallest_key")
+    assert t["key"].tolist() == ["a", "b"] and t.attrs["n_rows"] == 2 and t.attrs["excluded"] == 2
+    marked = drop_duplicates(df, t)
+    assert marked["nf_status"].tolist() == ["ok", "filtered", "error", "ok", "ok"]
+    assert marked.loc[1, "nf_reason"] == "dedup_semantic: duplicate of a (sim 1.000)"
+
+
+def test_errors_are_explained():
+    df = _frame(np.eye(3, 4, dtype=np.float32), "abc")
+    with pytest.raises(KeyError, match="embedding"):
+        semantic_duplicates(df.drop(columns="embedding"))
+    with pytest.raises(ValueError, match="score_column"):
+        semantic_duplicates(df, policy="max_score")
+    with pytest.raises(ValueError, match="eps"):
+        semantic_duplicates(df, eps=1.5)
+
+
+def test_sklearn_backend_finds_the_same_planted_pairs(planted):
+    truth = planted_pairs(planted["key"])
+    with dask.config.set(scheduler="sync"):
+        t = semantic_duplicates(planted, eps=0.01, n_clusters=6, backend="sklearn")
+    assert min(pair_scores(t, truth)) >= 0.97
