@@ -584,7 +584,7 @@ def get_client(
         if dash is None:
             # Dashboard off, but the scheduler's HTTP server (health, metrics) still binds a port:
             # a random one, so a second cluster does not collide on 8787 with a warning.
-            extra["scheduler_kwargs"] = {"dashboard_address": ":0", **kwargs.pop("scheduler_kwargs", {})}
+            extra["scheduler_kwargs"] = {"dashboard_address": ":0", "dashboard": False, **kwargs.pop("scheduler_kwargs", {})}
         with _scheduler_safety(nwt):
             lc = distributed.LocalCluster(
                 n_workers=plan["n_workers"],
