@@ -551,11 +551,12 @@ class Committer:
                 os.fsync(f.fileno())
         return tmp
 
-    def _create_exclusive(self, path: str, data: bytes, *, tmp: str | None = None) -> bool:
+    def _create_exclusive(self, path: str, data: bytes, *, tmp: str | None = None, sync_dir: bool = True) -> bool:
         """Create ``path`` with ``data`` only if it does not exist; True if we created it.
 
         Local: ``tmp``, when given, is a durable temporary of ``data`` beside ``path``
-        (written and fsynced by the caller); it is linked and removed.
+        (written and fsynced by the caller); it is linked and removed. ``sync_dir=False``
+        leaves the directory fsync (which makes the new name durable) to the caller.
         """
         if self.local:
             d = os.path.dirname(path)
@@ -580,7 +581,8 @@ class Committer:
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
-            _fsync_dir(d)
+            if sync_dir:
+                _fsync_dir(d)
             return True
         # s3fs sends If-None-Match: * for mode="create" (atomic on AWS S3 and moto); filesystems
         # without conditional writes fall back to fsspec's exists-then-write, which has a race window.
@@ -591,6 +593,26 @@ class Committer:
         finally:
             self._invalidate(path)
         return True
+
+    def sync_markers(self) -> None:
+        """Make every marker created so far durable (local: one fsync of ``_done/``).
+
+        Notes
+        -----
+        Writers that pass ``durable_marker=False`` to :meth:`write` call this once at
+        the end of a run instead of paying one directory fsync per unit. That keeps the
+        crash guarantee: a unit's data files are renamed into place and their directory
+        fsynced *before* its marker is linked, so any marker that is on disk after a
+        crash points at complete, durable files. A machine crash before this call can
+        only lose markers whose link was not yet written back; those units then count as
+        not done and a rerun writes them again, under the same names and with the same
+        bytes (outputs are deterministic, ``os.replace`` is atomic), so nothing is lost
+        or duplicated. Run-level files that summarise the units must be published after
+        this call, so they never describe a unit whose marker a crash could still take.
+        Object stores need nothing here: a marker is durable once its PUT returns.
+        """
+        if self.local:
+            _fsync_dir(self.path(DONE_DIR))
 
     # ------------------------------------------------------------------ write
     def publish(self, filename: str, content: FileContent) -> tuple[int, str]:
@@ -657,6 +679,7 @@ class Committer:
         files: Mapping[str, FileContent],
         *,
         counts: Mapping[str, Any] | None = None,
+        durable_marker: bool = True,
     ) -> CommitResult:
         """Publish ``files`` as unit ``name`` and create its done marker.
 
@@ -668,6 +691,11 @@ class Committer:
             File name (relative to the root) → bytes or a callable writing to a file object.
         counts : dict, optional
             Counts recorded in the marker (samples, bytes, errors, ...).
+        durable_marker : bool
+            Local: fsync the marker directory after linking the marker, so the marker
+            survives a machine crash when this returns. ``False`` leaves that to one
+            :meth:`sync_markers` call after many units (see its notes for why that is
+            safe); the data files are durable before the marker exists either way.
 
         Returns
         -------
@@ -727,7 +755,8 @@ class Committer:
                     self._invalidate(self.path(fname))
             if self.local and self.fsync:
                 _fsync_dir(self.root)
-            created = self._create_exclusive(self.marker_path(name), data, tmp=marker_tmp)
+            created = self._create_exclusive(self.marker_path(name), data, tmp=marker_tmp,
+                                             sync_dir=durable_marker)
             marker_tmp = None  # linked and removed by _create_exclusive
             if created:
                 return CommitResult(name, True, marker)

@@ -31,7 +31,7 @@ import math
 import re
 import tarfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
@@ -44,8 +44,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nemo_frames.io.commit import DEFAULT_CHECKSUM, Checksum, Committer
-from nemo_frames.io.parquet import table_from_pandas
-from nemo_frames.ledger import counts, ensure_ledger, merge_counts
+from nemo_frames.io.parquet import arrow_column
+from nemo_frames.ledger import counts, ensure_ledger, merge_counts, reason_name
 from nemo_frames.schema import (
     ERROR,
     IMAGE_BYTES,
@@ -149,55 +149,73 @@ def _header_template() -> bytes:
 
 @dataclass
 class _Plan:
-    """Where every member of a shard goes: headers and data offsets, computed before writing."""
+    """Where every member of a shard goes, computed before writing.
+
+    Built in one pass over the samples: the tar as a list of buffers (headers, member bytes
+    as views into the fetch buffers, padding) for one ``writev``, and per sample its
+    members in tar order, its DALI index line and its ``nf_members`` text.
+    """
 
     members: list[list[tuple[str, bytes, int, int]]]  # per sample: (ext, header, data_offset, size)
     total: int
+    buffers: list[bytes | bytearray | memoryview] = field(default_factory=list)
+    index_lines: list[str] = field(default_factory=list)
+    member_texts: list[str] = field(default_factory=list)
+    member_bytes: int = 0
 
 
 _HEADER_TEMPLATE = _header_template()
 _HEADER_SUM = sum(_HEADER_TEMPLATE)
-
-
-def _plan(keys: Sequence[str], blobs: Sequence[list[tuple[str, bytes | memoryview]]]) -> _Plan:
-    pos = 0
-    out = []
-    for key, items in zip(keys, blobs, strict=True):
-        row = []
-        for ext, data in items:
-            header = _tar_header(f"{key}.{ext}", len(data))
-            off = pos + len(header)
-            row.append((ext, header, off, len(data)))
-            pos = off + len(data) + (-len(data)) % _BLOCK
-        out.append(row)
-    pos += 2 * _BLOCK
-    pos += (-pos) % _RECORD
-    return _Plan(out, pos)
-
-
 _ZEROS = memoryview(bytes(2 * _RECORD))  # longer than any padding: the end of an archive is < 2 records
 
 
-def _tar_writer(plan: _Plan, blobs: Sequence[list[tuple[str, bytes | memoryview]]]) -> Any:
+def _plan(keys: Sequence[str], blobs: Sequence[Mapping[str, bytes | memoryview] | Sequence[tuple[str, bytes | memoryview]]]) -> _Plan:
+    """Lay out a shard: ``blobs[i]`` maps extension to bytes (in tar order) for sample ``keys[i]``."""
+    pos = 0
+    out: list[list[tuple[str, bytes, int, int]]] = []
+    bufs: list[bytes | bytearray | memoryview] = []
+    index_lines: list[str] = []
+    texts: list[str] = []
+    member_bytes = 0
+    append = bufs.append
+    for key, items in zip(keys, blobs, strict=True):
+        row = []
+        idx = []
+        locs = []
+        for ext, data in items.items() if isinstance(items, Mapping) else items:
+            name = f"{key}.{ext}"
+            size = len(data)
+            header = _tar_header(name, size)
+            off = pos + len(header)
+            row.append((ext, header, off, size))
+            idx.append(f"{ext} {off} {size} {name}")
+            # json.dumps({ext: [off, size], ...}) with its default separators; extensions are
+            # [a-z0-9_.-] (checked before planning), so they need no escaping.
+            locs.append(f'"{ext}": [{off}, {size}]')
+            append(header)
+            append(data)
+            pad = (-size) % _BLOCK
+            if pad:
+                append(_ZEROS[:pad])
+            pos = off + size + pad
+            member_bytes += size
+        out.append(row)
+        index_lines.append(" ".join(idx))
+        texts.append("{" + ", ".join(locs) + "}")
+    end = pos + 2 * _BLOCK
+    end += (-end) % _RECORD
+    append(_ZEROS[: end - pos])
+    return _Plan(out, end, bufs, index_lines, texts, member_bytes)
+
+
+def _tar_writer(plan: _Plan) -> Any:
     def write(f: IO[bytes]) -> None:
-        # One list of buffers (headers, member bytes as views into the fetch buffers, padding) handed
-        # to the writer's writev: no member byte is copied in Python on the way to the file.
-        bufs: list[bytes | memoryview] = []
-        written = 0
-        for row, items in zip(plan.members, blobs, strict=True):
-            for (_, header, _, size), (_, data) in zip(row, items, strict=True):
-                bufs.append(header)
-                bufs.append(data)
-                pad = (-size) % _BLOCK
-                if pad:
-                    bufs.append(_ZEROS[:pad])
-                written += len(header) + size + pad
-        bufs.append(_ZEROS[: plan.total - written])
+        # The planned buffers go to the writer's writev: no member byte is copied in Python on the way.
         writev = getattr(f, "writev", None)
         if writev is not None:
-            writev(bufs)
+            writev(plan.buffers)
         else:
-            for b in bufs:
+            for b in plan.buffers:
                 f.write(b)
 
     return write
@@ -211,22 +229,22 @@ def dali_index(keys: Sequence[str], plan: _Plan) -> bytes:
     (the format written by DALI's ``tools/wds2idx.py``; offsets point at the member
     data, after its header).
     """
-    lines = [f"v1.2 {len(keys)}"]
-    for key, row in zip(keys, plan.members, strict=True):
-        lines.append(" ".join(f"{ext} {off} {size} {key}.{ext}" for ext, _, off, size in row))
-    return ("\n".join(lines) + "\n").encode("utf-8")
+    return (f"v1.2 {len(keys)}\n" + "".join(line + "\n" for line in plan.index_lines)).encode("utf-8")
 
 
-def _members_of(pdf: pd.DataFrame) -> pd.Series:
+def _members_of(pdf: pd.DataFrame) -> list[str | None]:
     """``nf_members`` per row; rows without it get their image locator as the only member."""
-    has = pdf[MEMBERS] if MEMBERS in pdf.columns else pd.Series(pd.NA, index=pdf.index, dtype=_STRING)
-    out = []
+    n = len(pdf)
+    has = pdf[MEMBERS].tolist() if MEMBERS in pdf.columns else [None] * n
     # tolist() first: iterating Arrow-backed columns element by element costs microseconds per value.
+    if all(isinstance(m, str) and m for m in has):
+        return has
+    out: list[str | None] = []
     for m, member, off, size in zip(
-        has.tolist(),
-        pdf[IMAGE_MEMBER].tolist() if IMAGE_MEMBER in pdf.columns else [None] * len(pdf),
-        pdf[IMAGE_OFFSET].tolist() if IMAGE_OFFSET in pdf.columns else [None] * len(pdf),
-        pdf[IMAGE_SIZE].tolist() if IMAGE_SIZE in pdf.columns else [None] * len(pdf),
+        has,
+        pdf[IMAGE_MEMBER].tolist() if IMAGE_MEMBER in pdf.columns else [None] * n,
+        pdf[IMAGE_OFFSET].tolist() if IMAGE_OFFSET in pdf.columns else [None] * n,
+        pdf[IMAGE_SIZE].tolist() if IMAGE_SIZE in pdf.columns else [None] * n,
         strict=True,
     ):
         if isinstance(m, str) and m:
@@ -236,7 +254,14 @@ def _members_of(pdf: pd.DataFrame) -> pd.Series:
             out.append(json.dumps({ext: [int(off), int(size)]}))
         else:
             out.append(None)
-    return pd.Series(out, index=pdf.index, dtype=_STRING)
+    return out
+
+
+def _object_strings(s: pd.Series) -> np.ndarray:
+    """A text column as an object array of ``str`` / None (the values the fingerprint hashes)."""
+    if isinstance(s.dtype, pd.StringDtype) and s.dtype.na_value is pd.NA:
+        return s.to_numpy(dtype=object, na_value=None)  # already str values: skip the per-value str()
+    return np.asarray([None if v is None or v is pd.NA else str(v) for v in s.tolist()], dtype=object)
 
 
 def _fingerprints(pdf: pd.DataFrame) -> np.ndarray:
@@ -249,26 +274,54 @@ def _fingerprints(pdf: pd.DataFrame) -> np.ndarray:
         if pd.api.types.is_bool_dtype(s.dtype) or pd.api.types.is_numeric_dtype(s.dtype):
             cols[c] = s.to_numpy(dtype="float64", na_value=np.nan)
         elif pd.api.types.is_string_dtype(s.dtype) or s.dtype == object:
-            cols[c] = np.asarray([None if v is None or v is pd.NA else str(v) for v in s.tolist()], dtype=object)
+            cols[c] = _object_strings(s)
     if not cols or not len(pdf):
         return np.zeros(0, dtype=np.uint64)
     return pd.util.hash_pandas_object(pd.DataFrame(cols), index=False).to_numpy(dtype=np.uint64)
 
 
+def _ledger_counts(pdf: pd.DataFrame) -> dict[str, Any]:
+    """:func:`nemo_frames.ledger.counts` of a partition, counting statuses in Arrow instead of Python."""
+    status = pdf[STATUS]
+    if not isinstance(status.dtype, pd.StringDtype) or status.dtype.na_value is not pd.NA or status.hasnans:
+        return counts(pdf)
+    by_status = {str(k): int(v) for k, v in status.value_counts(sort=False).items() if v}
+    err = pdf.loc[(status == Status.ERROR.value).to_numpy(dtype=bool), ERROR]
+    flt = pdf.loc[(status == Status.FILTERED.value).to_numpy(dtype=bool), REASON]
+    errors = Counter(c for c in map(error_code, err) if c)
+    reasons = Counter(r for r in map(reason_name, flt) if r)
+    return {
+        "samples": len(pdf),
+        "by_status": dict(sorted(by_status.items())),
+        "errors_by_code": dict(sorted(errors.items())),
+        "filtered_by_reason": dict(sorted(reasons.items())),
+    }
+
+
 def _survey(pdf: pd.DataFrame) -> dict[str, Any]:
     pdf = ensure_ledger(pdf)
-    ok = (pdf[STATUS] == Status.OK.value).to_numpy(dtype=bool, na_value=False)
-    err = pdf[(pdf[STATUS] == Status.ERROR.value).to_numpy(dtype=bool, na_value=False)]
-    errors = [
-        {"key": _str(k), "source": _str(s), "nf_error": _str(e), "stage": "input"}
-        for k, s, e in zip(
-            err[KEY] if KEY in err else [None] * len(err),
-            err[SOURCE] if SOURCE in err else [None] * len(err),
-            err[ERROR],
-            strict=True,
-        )
-    ]
-    return {"counts": counts(pdf), "n_ok": int(ok.sum()), "fp": _fingerprints(pdf[ok]), "errors": errors}
+    status = pdf[STATUS]
+    ok = (status == Status.OK.value).to_numpy(dtype=bool, na_value=False)
+    is_err = (status == Status.ERROR.value).to_numpy(dtype=bool, na_value=False)
+    errors = []
+    if is_err.any():
+        err = pdf[is_err]
+        errors = [
+            {"key": _str(k), "source": _str(s), "nf_error": _str(e), "stage": "input"}
+            for k, s, e in zip(
+                err[KEY] if KEY in err else [None] * len(err),
+                err[SOURCE] if SOURCE in err else [None] * len(err),
+                err[ERROR],
+                strict=True,
+            )
+        ]
+    n_ok = int(ok.sum())
+    return {
+        "counts": _ledger_counts(pdf),
+        "n_ok": n_ok,
+        "fp": _fingerprints(pdf if n_ok == len(pdf) else pdf[ok]),
+        "errors": errors,
+    }
 
 
 def _str(v: Any) -> str | None:
@@ -294,17 +347,16 @@ class _ShardJob:
 
 
 def _write_shard(job: _ShardJob, i: int, parts: list[dict[int, pd.DataFrame]]) -> dict[str, Any]:
-    from nemo_frames.io.fetch import fetch_members
+    from nemo_frames.io.fetch import fetch_member_lists
 
     name = f"{i:05d}"
     c = job.committer
     frames = [p[i] for p in parts if i in p]
-    pdf = pd.concat(frames) if frames else pd.DataFrame()
-    pdf = pdf.reset_index(drop=True)
-    members = _members_of(pdf)
-    member_text = members.tolist()
+    pdf = frames[0] if len(frames) == 1 else (pd.concat(frames) if frames else pd.DataFrame())
+    n = len(pdf)
+    member_text = _members_of(pdf)
     row_keys = pdf[KEY].tolist()
-    row_sources = pdf[SOURCE].tolist() if SOURCE in pdf else [None] * len(pdf)
+    row_sources = pdf[SOURCE].tolist() if SOURCE in pdf else [None] * n
     errors: list[dict[str, Any]] = []
 
     def fail(row: int, code: ErrorCode, msg: str) -> None:
@@ -318,36 +370,43 @@ def _write_shard(job: _ShardJob, i: int, parts: list[dict[int, pd.DataFrame]]) -
         errors.append({"key": _str(row_keys[row]), "source": _str(row_sources[row]), "nf_error": text,
                        "stage": "export"})
 
-    fetch_df = pdf.assign(**{MEMBERS: members})
-    has = members.notna().to_numpy()
-    data: list[dict[str, memoryview] | None] = [None] * len(pdf)
-    fetch_err: list[str | None] = [None] * len(pdf)
-    if has.any():
-        got, why = fetch_members(fetch_df[has], exts=list(job.members) if job.members else None,
-                                 storage_options=job.read_storage_options, views=True)
-        for j, g, w in zip(np.flatnonzero(has), got, why, strict=True):
+    located = [j for j, m in enumerate(member_text) if m is not None]
+    data: list[dict[str, memoryview] | None] = [None] * n
+    fetch_err: list[str | None] = [None] * n
+    if located:
+        if len(located) == n:
+            srcs, texts = row_sources, member_text
+        else:
+            srcs, texts = [row_sources[j] for j in located], [member_text[j] for j in located]
+        got, why = fetch_member_lists(srcs, texts, exts=list(job.members) if job.members else None,
+                                      storage_options=job.read_storage_options, views=True)
+        for j, g, w in zip(located, got, why, strict=True):
             data[j], fetch_err[j] = g, w
 
     kept: list[int] = []
     keys: list[str] = []
-    blobs: list[list[tuple[str, memoryview]]] = []
+    blobs: list[dict[str, memoryview]] = []
     seen: set[str] = set()
-    for row in range(len(pdf)):
-        if not has[row]:
-            fail(row, ErrorCode.MISSING_MEMBER, "row has no member locators (nf_members / image_offset are null)")
+    safe_ext: dict[str, bool] = {}
+    for row in range(n):
+        got = data[row]
+        if got is None:
+            if member_text[row] is None:
+                fail(row, ErrorCode.MISSING_MEMBER, "row has no member locators (nf_members / image_offset are null)")
+            else:
+                fail(row, ErrorCode.FETCH_ERROR, str(fetch_err[row]))
             continue
-        if data[row] is None:
-            fail(row, ErrorCode.FETCH_ERROR, str(fetch_err[row]))
+        # The fetched members are those of nf_members, in its order, restricted to job.members.
+        if not got:
+            fail(row, ErrorCode.MISSING_MEMBER, f"members {list(job.members or [])} not found")
             continue
-        order = list(json.loads(member_text[row]))
-        if job.members:
-            order = [e for e in order if e in job.members]
-        got = data[row] or {}
-        missing = [e for e in order if e not in got]
-        if not order or missing:
-            fail(row, ErrorCode.MISSING_MEMBER, f"members {missing or list(job.members or [])} not found")
-            continue
-        bad = [e for e in order if not _SAFE_EXT_RE.match(e)]
+        bad = []
+        for e in got:
+            ok = safe_ext.get(e)
+            if ok is None:
+                ok = safe_ext[e] = bool(_SAFE_EXT_RE.match(e))
+            if not ok:
+                bad.append(e)
         if bad:
             fail(row, ErrorCode.UNSAFE_MEMBER, f"member extensions {bad} are not [a-z0-9_-] (dot-separated)")
             continue
@@ -358,68 +417,95 @@ def _write_shard(job: _ShardJob, i: int, parts: list[dict[int, pd.DataFrame]]) -
         seen.add(k)
         kept.append(row)
         keys.append(k)
-        blobs.append([(e, got[e]) for e in order])
+        blobs.append(got)
 
     plan = _plan(keys, blobs)
     tar_url = c.url_of(f"{name}.tar")
-    files: dict[str, Any] = {f"{name}.tar": _tar_writer(plan, blobs)}
+    files: dict[str, Any] = {f"{name}.tar": _tar_writer(plan)}
     if job.write_parquet:
         # Built lazily, after the tar is written: the tar's fsync (started by the committer) overlaps it.
-        rows = pdf.iloc[kept]
-        files[f"{name}.parquet"] = lambda f: f.write(_parquet_bytes(rows, keys, plan, tar_url))
+        files[f"{name}.parquet"] = lambda f: f.write(_parquet_bytes(pdf, kept, keys, plan, tar_url))
     if job.write_index:
         files[f"{name}.idx"] = dali_index(keys, plan)
-    by_ext = Counter(e for row in plan.members for e, _, _, _ in row)
+    by_ext = Counter(e for b in blobs for e in b)
     stats = {
         "shard": name,
         "samples": len(keys),
         "tar_bytes": plan.total,
-        "member_bytes": int(sum(s for row in plan.members for _, _, _, s in row)),
+        "member_bytes": plan.member_bytes,
         "members_by_ext": dict(sorted(by_ext.items())),
-        "input_positions": [i * job.per_shard, i * job.per_shard + len(pdf)],
+        "input_positions": [i * job.per_shard, i * job.per_shard + n],
         "export_errors_by_code": dict(sorted(Counter(error_code(e["nf_error"]) for e in errors).items())),
         "errors": errors,
     }
     files[f"{name}.stats.json"] = (json.dumps(stats, sort_keys=True, indent=1) + "\n").encode("utf-8")
-    c.write(name, files, counts={"samples": len(keys), "errors": len(errors), "tar_bytes": plan.total})
+    c.write(name, files, counts={"samples": len(keys), "errors": len(errors), "tar_bytes": plan.total},
+            durable_marker=False)
     return stats
 
 
-def _parquet_bytes(rows: pd.DataFrame, keys: list[str], plan: _Plan, tar_url: str) -> bytes:
-    out = rows.drop(columns=[c for c in (IMAGE_BYTES,) if c in rows.columns]).reset_index(drop=True)
+_NEW_LOCATORS = (KEY, SOURCE, IMAGE_MEMBER, IMAGE_OFFSET, IMAGE_SIZE, MEMBERS)
+_ORIG = (ORIG_KEY, ORIG_SOURCE, ORIG_IMAGE_MEMBER, ORIG_IMAGE_OFFSET)
+
+
+def _parquet_bytes(pdf: pd.DataFrame, kept: list[int], keys: list[str], plan: _Plan, tar_url: str) -> bytes:
+    """The shard's Parquet file: the kept rows' columns with the new locators, the old ones as ``orig_*``.
+
+    Columns: the input's (without ``image_bytes`` and old ``orig_*``) in their order, the locator
+    columns replaced in place (or appended when absent), then ``orig_key``, ``orig_source``,
+    ``orig_image_member``, ``orig_image_offset``. Built column by column in Arrow.
+    """
+    n = len(keys)
+
+    def col(c: str) -> pd.Series:
+        s = pdf[c]
+        return s if len(kept) == len(pdf) else s.take(kept)
+
     image_ext = []
-    for member in out[IMAGE_MEMBER].tolist() if IMAGE_MEMBER in out.columns else [None] * len(out):
+    for member in col(IMAGE_MEMBER).tolist() if IMAGE_MEMBER in pdf.columns else [None] * n:
         image_ext.append(member.rsplit("/", 1)[-1].split(".", 1)[-1].lower() if isinstance(member, str) else None)
-    new_member, new_off, new_size, new_members = [], [], [], []
+    new_member, new_off, new_size = [], [], []
     for key, row, ext in zip(keys, plan.members, image_ext, strict=True):
-        locs = {e: (off, size) for e, _, off, size in row}
-        new_members.append(json.dumps({e: [o, s] for e, (o, s) in locs.items()}))  # same text as read_webdataset
-        if ext in locs:
-            new_member.append(f"{key}.{ext}")
-            new_off.append(locs[ext][0])
-            new_size.append(locs[ext][1])
+        for e, _, off, size in row:
+            if e == ext:
+                new_member.append(f"{key}.{ext}")
+                new_off.append(off)
+                new_size.append(size)
+                break
         else:
             new_member.append(None)
             new_off.append(None)
             new_size.append(None)
-    orig = {
-        ORIG_KEY: out[KEY].astype(_STRING),
-        ORIG_SOURCE: out[SOURCE].astype(_STRING) if SOURCE in out else pd.Series(pd.NA, index=out.index, dtype=_STRING),
-        ORIG_IMAGE_MEMBER: (out[IMAGE_MEMBER].astype(_STRING) if IMAGE_MEMBER in out
-                            else pd.Series(pd.NA, index=out.index, dtype=_STRING)),
-        ORIG_IMAGE_OFFSET: (out[IMAGE_OFFSET].astype("Int64") if IMAGE_OFFSET in out
-                            else pd.Series(pd.NA, index=out.index, dtype="Int64")),
+    new = {
+        KEY: pa.array(keys, pa.string()),
+        SOURCE: pa.array([tar_url] * n, pa.string()),
+        IMAGE_MEMBER: pa.array(new_member, pa.string()),
+        IMAGE_OFFSET: pa.array(new_off, pa.int64()),
+        IMAGE_SIZE: pa.array(new_size, pa.int64()),
+        MEMBERS: pa.array(plan.member_texts, pa.string()),
     }
-    out = out.drop(columns=[c for c in orig if c in out.columns])
-    out[KEY] = pd.Series(keys, index=out.index, dtype=_STRING)
-    out[SOURCE] = pd.Series([tar_url] * len(out), index=out.index, dtype=_STRING)
-    out[IMAGE_MEMBER] = pd.Series(new_member, index=out.index, dtype=_STRING)
-    out[IMAGE_OFFSET] = pd.Series(new_off, index=out.index, dtype="Int64")
-    out[IMAGE_SIZE] = pd.Series(new_size, index=out.index, dtype="Int64")
-    out[MEMBERS] = pd.Series(new_members, index=out.index, dtype=_STRING)
-    for k, v in orig.items():
-        out[k] = v
-    table = table_from_pandas(out)
+    names: list[str] = []
+    arrays: list[pa.Array] = []
+    for c in pdf.columns:
+        if c == IMAGE_BYTES or c in _ORIG:
+            continue
+        names.append(str(c))
+        arrays.append(new[c] if c in new else arrow_column(col(c), str(c)))
+    for c in _NEW_LOCATORS:
+        if c not in pdf.columns:
+            names.append(c)
+            arrays.append(new[c])
+
+    def orig(c: str, dtype: Any) -> pa.Array:
+        s = col(c).astype(dtype) if c in pdf.columns else pd.Series(pd.NA, index=range(n), dtype=dtype)
+        return arrow_column(s, c)
+
+    for c, src, dtype in ((ORIG_KEY, KEY, _STRING), (ORIG_SOURCE, SOURCE, _STRING),
+                          (ORIG_IMAGE_MEMBER, IMAGE_MEMBER, _STRING), (ORIG_IMAGE_OFFSET, IMAGE_OFFSET, "Int64")):
+        names.append(c)
+        a = orig(src, dtype)
+        arrays.append(a)
+    table = pa.Table.from_arrays(arrays, schema=pa.schema([pa.field(nm, a.type) for nm, a in zip(names, arrays, strict=True)]))
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
@@ -612,6 +698,10 @@ def write_webdataset(
             )
         )
     _run(shard_tasks, progress=progress, desc=f"export {committer.url}")
+
+    # Shards were committed without a _done/ fsync each (durable_marker=False): one now, before the
+    # run-level files that count them are published (see Committer.sync_markers for why this is safe).
+    committer.sync_markers()
 
     # Run-level stats and errors from every shard's committed stats (this run's or an earlier one's).
     shard_stats = [json.loads(committer._cat(committer.path(f"{n}.stats.json"))) for n in names]

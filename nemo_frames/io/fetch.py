@@ -117,13 +117,29 @@ def fetch_members(
     (members, errors)
         Row-aligned lists: ``{extension: bytes}`` or None, and an error message or None.
     """
-    n = len(df)
+    return fetch_member_lists(
+        df[S.SOURCE].tolist(), df[S.MEMBERS].tolist(), exts=exts, storage_options=storage_options, views=views
+    )
+
+
+def fetch_member_lists(
+    sources: Sequence[Any],
+    locators: Sequence[Any],
+    *,
+    exts: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    views: bool = False,
+) -> tuple[list[dict[str, bytes] | None], list[str | None]]:
+    """:func:`fetch_members` on plain lists: row-aligned shard URLs and ``nf_members`` JSON texts.
+
+    For callers that already hold the columns as lists (export), so no frame is built for the call.
+    Each returned dict lists its members in ``nf_members`` order.
+    """
+    n = len(sources)
     members: list[dict[str, bytes] | None] = [None] * n
     errors: list[str | None] = [None] * n
     by_source: dict[str, list[tuple[int, str, int, int]]] = defaultdict(list)
-    sources = df[S.SOURCE].tolist()
-    locs = df[S.MEMBERS].tolist()
-    for i, (src, loc) in enumerate(zip(sources, locs, strict=True)):
+    for i, (src, loc) in enumerate(zip(sources, locators, strict=True)):
         if loc is None or loc is pd.NA or src is None or src is pd.NA:
             errors[i] = "row has no member locators (errored at scan?)"
             continue
@@ -133,10 +149,13 @@ def fetch_members(
             errors[i] = f"nf_members is not valid JSON: {str(loc)[:80]!r}"
             continue
         members[i] = {}
+        items = by_source[src]
         for ext, (off, size) in table.items():
             if exts is None or ext in exts:
-                by_source[src].append((i, ext, int(off), int(size)))
+                items.append((i, ext, int(off), int(size)))
     for src, items in by_source.items():
+        if not items:
+            continue
         try:
             data = read_ranges(src, [(o, s) for _, _, o, s in items], storage_options=storage_options, views=views)
         except (OSError, ValueError) as exc:
@@ -145,8 +164,9 @@ def fetch_members(
                 errors[i] = f"{type(exc).__name__}: {exc}"
             continue
         for (i, ext, _, _), b in zip(items, data, strict=True):
-            if members[i] is not None:
-                members[i][ext] = b
+            m = members[i]
+            if m is not None:
+                m[ext] = b
     return members, errors
 
 

@@ -50,29 +50,53 @@ def canonical_schema(df: pd.DataFrame, overrides: dict[str, pa.DataType] | None 
     return pa.schema(fields)
 
 
+def _inferred_type(col: pd.Series, arr: pa.Array | pa.ChunkedArray) -> pa.DataType:
+    # The type pa.Schema.from_pandas infers for one column (pyarrow's dataframe_to_types rules), without
+    # building the whole schema and its pandas metadata: extension dtypes by their empty conversion,
+    # categoricals and object columns by their values, numpy dtypes by the dtype.
+    dtype = col.dtype
+    if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_object_dtype(dtype):
+        return arr.type
+    if pd.api.types.is_extension_array_dtype(dtype):
+        return pa.array(col.iloc[:0], from_pandas=True).type
+    return pa.from_numpy_dtype(dtype)
+
+
+def arrow_column(col: pd.Series, name: str, *, overrides: dict[str, pa.DataType] | None = None) -> pa.Array:
+    """One pandas column as the Arrow array :func:`table_from_pandas` would store for it.
+
+    Reserved columns get their canonical type; others keep the type pyarrow infers from pandas
+    (``large_string`` becomes ``string``).
+    """
+    arr = pa.array(col, from_pandas=True) if not isinstance(col.dtype, pd.ArrowDtype) else pa.array(col)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    types = _CANONICAL if not overrides else {**_CANONICAL, **overrides}
+    t = types.get(name)
+    if t is None:
+        t = arr.type if isinstance(col.dtype, pd.ArrowDtype) else _inferred_type(col, arr)
+        if pa.types.is_large_string(t):
+            t = pa.string()
+    if arr.type != t:
+        try:
+            arr = arr.cast(t)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise TypeError(
+                f"write_parquet: column {name!r}: expected Arrow type {t}, found {arr.type} "
+                f"that cannot be cast ({exc}); convert the column first"
+            ) from None
+    return arr
+
+
 def table_from_pandas(df: pd.DataFrame, *, overrides: dict[str, pa.DataType] | None = None) -> pa.Table:
     """A pandas partition as an Arrow table with canonical types and no pandas metadata.
 
     Dropping the pandas metadata keeps other readers (and pandas itself) from tripping
     on ArrowDtype names stored as strings.
     """
-    schema = canonical_schema(df, overrides)
-    cols = []
-    for f in schema:
-        col = df[f.name]
-        arr = pa.array(col, from_pandas=True) if not isinstance(col.dtype, pd.ArrowDtype) else pa.array(col)
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks()
-        if arr.type != f.type:
-            try:
-                arr = arr.cast(f.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise TypeError(
-                    f"write_parquet: column {f.name!r}: expected Arrow type {f.type}, found {arr.type} "
-                    f"that cannot be cast ({exc}); convert the column first"
-                ) from None
-        cols.append(arr)
-    return pa.Table.from_arrays(cols, schema=schema)
+    names = [str(c) for c in df.columns]
+    cols = [arrow_column(df[c], n, overrides=overrides) for c, n in zip(df.columns, names, strict=True)]
+    return pa.Table.from_arrays(cols, schema=pa.schema([pa.field(n, a.type) for n, a in zip(names, cols, strict=True)]))
 
 
 def to_pandas(table: pa.Table) -> pd.DataFrame:
