@@ -185,6 +185,10 @@ def _assign_boundary(x: np.ndarray, centroids: np.ndarray, margin: float) -> tup
     n, k = len(x), len(centroids)
     if margin <= 0.0 or k < 2 or not n:
         return _assign(x, centroids), np.full(n, -1, np.int32)
+    step = max(1, (1 << 24) // k)  # bound the (rows × k) similarity matrix (64 MiB per copy)
+    if n > step:
+        out = [_assign_boundary(x[i : i + step], centroids, margin) for i in range(0, n, step)]
+        return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
     sims = x @ centroids.T
     m = min(3, k)
     top = -np.partition(-sims, list(range(m)), axis=1)[:, :m]  # descending
