@@ -5,8 +5,9 @@ generates its partitions on demand (float32, 20k rows each). Planted copies sit 
 cosine (default 0.995) to their original; eps defaults to 0.01 (threshold 0.99). The baseline
 row is the smallest N: the table reports time per row relative to it (1.0 = linear scaling).
 
-    python benchmarks/semdedup_planted.py --n 100000 300000
-    python benchmarks/semdedup_planted.py --n 1000000
+    PYTHONPATH=. python benchmarks/semdedup_planted.py --n 100000 300000
+    PYTHONPATH=. python benchmarks/semdedup_planted.py --n 1000000
+    PYTHONPATH=. python benchmarks/semdedup_planted.py --n 300000 --boundary-margin 0   # hard assignment
 """
 
 from __future__ import annotations
