@@ -5,8 +5,9 @@ generates its partitions on demand (float32, 20k rows each). Planted copies sit 
 cosine (default 0.995) to their original; eps defaults to 0.01 (threshold 0.99). The baseline
 row is the smallest N: the table reports time per row relative to it (1.0 = linear scaling).
 
-    python benchmarks/semdedup_planted.py --n 100000 300000
-    python benchmarks/semdedup_planted.py --n 1000000
+    PYTHONPATH=. python benchmarks/semdedup_planted.py --n 100000 300000
+    PYTHONPATH=. python benchmarks/semdedup_planted.py --n 1000000
+    PYTHONPATH=. python benchmarks/semdedup_planted.py --n 300000 --boundary-margin 0   # hard assignment
 """
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ def run_one(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     with dask.config.set(scheduler="threads", num_workers=args.threads):
         table = semantic_duplicates(ddf, eps=args.eps, mode=args.mode, n_clusters=args.n_clusters,
-                                    max_fit_rows=args.max_fit_rows, checkpoint_dir=args.checkpoint_dir)
+                                    max_fit_rows=args.max_fit_rows, checkpoint_dir=args.checkpoint_dir,
+                                    boundary_margin=args.boundary_margin)
     wall = time.perf_counter() - t0
     keys = ddf["key"].compute()
     precision, recall = pair_scores(table, planted_pairs(keys))
     return {
         "n": len(keys), "wall_s": wall, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "precision": precision, "recall": recall, "removed": int((~table.is_survivor).sum()),
-        "clusters": table.attrs["n_clusters"], "split": table.attrs["split_clusters"], **table.attrs["timings"],
+        "clusters": table.attrs["n_clusters"], "split": table.attrs["split_clusters"],
+        "boundary_rows": table.attrs["boundary_rows"], "margin": table.attrs["boundary_margin"], **table.attrs["timings"],
     }
 
 
@@ -54,6 +57,7 @@ def main() -> None:
     ap.add_argument("--mode", default="components", choices=["components", "nemo_curator"])
     ap.add_argument("--n-clusters", type=int, default=None)
     ap.add_argument("--max-fit-rows", type=int, default=200_000)
+    ap.add_argument("--boundary-margin", type=float, default=None, help="default: the library's for --mode")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--checkpoint-dir", default=None)
     ap.add_argument("--single", type=int, default=None, help=argparse.SUPPRESS)
@@ -72,12 +76,15 @@ def main() -> None:
         print(f"done n={n}: {rows[-1]}", file=sys.stderr)
     base = rows[0]["wall_s"] / rows[0]["n"]
     print(f"\nsemantic dedup, planted pairs at cos {args.cos}, eps {args.eps}, d={args.d}, mode={args.mode}, "
-          f"{args.threads} threads\n")
-    print("| N | clusters | wall (s) | sample+fit / assign / pairs (s) | time/row vs first | peak RSS (GiB) | precision | recall | removed |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"{args.threads} threads, boundary margin {rows[0]['margin']}\n")
+    print("| N | clusters | boundary copies | wall (s) | sample+fit / assign / pairs / merge (s) | time/row vs first | "
+          "µs/row | peak RSS (GiB) | precision | recall | removed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        stages = f"{r.get('sample_s', 0) + r.get('fit_s', 0):.0f} / {r.get('assign_s', 0):.0f} / {r.get('pairs_s', 0):.0f}"
-        print(f"| {r['n']:,} | {r['clusters']} | {r['wall_s']:.1f} | {stages} | {r['wall_s'] / r['n'] / base:.2f} | "
+        stages = (f"{r.get('sample_s', 0) + r.get('fit_s', 0):.0f} / {r.get('assign_s', 0):.0f} / "
+                  f"{r.get('pairs_s', 0):.0f} / {r.get('merge_s', 0):.1f}")
+        print(f"| {r['n']:,} | {r['clusters']} | {r['boundary_rows'] / r['n']:.0%} | {r['wall_s']:.1f} | {stages} | "
+              f"{r['wall_s'] / r['n'] / base:.2f} | {r['wall_s'] / r['n'] * 1e6:.0f} | "
               f"{r['peak_rss_gib']:.2f} | {r['precision']:.4f} | {r['recall']:.4f} | {r['removed']:,} |")
 
 

@@ -87,6 +87,36 @@ def collect(df: Any, columns: Sequence[str], *, stage: str) -> pd.DataFrame:
     return sub
 
 
+def rank_value(
+    n: int,
+    *,
+    policy: Policy,
+    score: np.ndarray | None = None,
+    distance: np.ndarray | None = None,
+) -> np.ndarray:
+    """The policy's sort value per row (float64, lower = better); ties are broken by key.
+
+    ``max_score``: ``-score`` (missing scores ``+inf``, last). ``nearest_centroid`` /
+    ``farthest_centroid``: ``distance`` / ``-distance`` (cosine distance to the centroid).
+    ``smallest_key``: zeros (the key decides).
+    """
+    if policy == "smallest_key":
+        return np.zeros(n, np.float64)
+    if policy == "max_score":
+        if score is None:
+            raise ValueError("policy='max_score' needs score_column=<a numeric column>, e.g. 'aesthetic_score'")
+        s = np.asarray(score, dtype=np.float64)
+        return np.where(np.isnan(s), np.inf, -s)
+    if policy in ("nearest_centroid", "farthest_centroid"):
+        if distance is None:
+            raise ValueError(f"policy={policy!r} needs distances to the centroid")
+        d = np.asarray(distance, dtype=np.float64)
+        return d if policy == "nearest_centroid" else -d
+    raise ValueError(
+        f"policy={policy!r} is not one of 'max_score', 'nearest_centroid', 'farthest_centroid', 'smallest_key'"
+    )
+
+
 def rank_order(
     keys: np.ndarray,
     *,
@@ -103,20 +133,7 @@ def rank_order(
     key_rank = np.argsort(np.argsort(keys, kind="stable"), kind="stable")
     if policy == "smallest_key":
         return np.argsort(key_rank, kind="stable")
-    if policy == "max_score":
-        if score is None:
-            raise ValueError("policy='max_score' needs score_column=<a numeric column>, e.g. 'aesthetic_score'")
-        s = np.asarray(score, dtype=np.float64)
-        primary = np.where(np.isnan(s), np.inf, -s)
-    elif policy in ("nearest_centroid", "farthest_centroid"):
-        if distance is None:
-            raise ValueError(f"policy={policy!r} needs distances to the centroid")
-        d = np.asarray(distance, dtype=np.float64)
-        primary = d if policy == "nearest_centroid" else -d
-    else:
-        raise ValueError(
-            f"policy={policy!r} is not one of 'max_score', 'nearest_centroid', 'farthest_centroid', 'smallest_key'"
-        )
+    primary = rank_value(len(keys), policy=policy, score=score, distance=distance)
     return np.lexsort((key_rank, primary))
 
 

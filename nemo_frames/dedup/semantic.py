@@ -7,23 +7,30 @@ Passes (each checkpointed, so a killed run resumes where it stopped):
    is fit on it (faiss or scikit-learn on CPU, cuML on GPU). The sample does not depend on the
    partitioning, so neither do the centroids.
 2. **assign** – every input partition assigns its rows to the nearest centroid (cosine) and
-   writes them, grouped into buckets of clusters, as Parquet files. No Dask shuffle of the
-   embedding column ever happens (DESIGN §6); a bucket is a plain set of files.
+   writes them, grouped into buckets of clusters, as Parquet files. A row whose second-nearest
+   centroid is within ``boundary_margin`` cosine of the nearest is also written, as a
+   *boundary copy*, to that second cluster (its primary cluster is recorded). No Dask shuffle
+   of the embedding column ever happens (DESIGN §6); a bucket is a plain set of files.
 3. **pairs** – one task per bucket reads its files and processes one cluster at a time: cosine
    similarity in row blocks (BLAS or torch, upper triangle only), edges where similarity
-   ``≥ 1 − eps``, connected components, one survivor per component by policy. Clusters larger
-   than ``max_cluster_size`` are split by recursive 2-means first. One result file and one done
-   marker per cluster.
+   ``≥ 1 − eps``, connected components. Clusters larger than ``max_cluster_size`` (boundary
+   copies included) are split by recursive 2-means first. One result file and one done marker
+   per cluster.
+4. **merge** (``components`` only) – the per-cluster components are joined across clusters on
+   the key (a row placed in two clusters links their groups), then one survivor per group is
+   chosen by policy. The per-cluster results are small (rows in groups only).
 
 Rules (``mode``):
 
 ``components`` (default) – the SemDeDup paper's "keep one per group": rows joined by a chain of
-edges form one group, the best-ranked row survives.
+edges form one group, the best-ranked row survives. Boundary copies take part, so pairs that
+straddle a k-means boundary are found.
 
 ``nemo_curator`` – NeMo Curator's rule: rank the rows of a cluster by policy, and remove every
 row whose similarity to *any* earlier-ranked row is ``≥ 1 − eps``, whether or not that earlier
 row was itself removed. A chain A~B~C (A≁C) ranked A, B, C keeps only A (like ``components``);
-ranked A, C, B it keeps A and C (``components`` keeps only A).
+ranked A, C, B it keeps A and C (``components`` keeps only A). Boundary copies are ignored
+(exactly NeMo's hard assignment), and the default margin is 0 in this mode.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ from nemo_frames.dedup._table import (
     empty_dup_table,
     finish_dup_table,
     group_min_key,
-    rank_order,
+    rank_value,
 )
 from nemo_frames.schema import EMBEDDING, KEY, STATUS, Status
 
@@ -60,6 +67,11 @@ Mode = Literal["components", "nemo_curator"]
 Similarity = Literal["auto", "numpy", "torch"]
 ROWS_PER_CLUSTER = 1000  # default n_clusters = ceil(rows / this)
 ROWS_PER_BUCKET = 50_000  # rows read by one pairs task (bounded memory per task)
+# Cosine margin for boundary copies in ``components`` mode. Not a guarantee (the sound bound,
+# 2·sqrt(2·eps), would copy nearly every row): measured on the planted benchmark (768-d, eps
+# 0.01), where it recovered all but 2 of the 2k pairs lost at k-means boundaries at 1M rows (+30% rows).
+BOUNDARY_MARGIN = 0.002
+_TIE = 1e-4  # float32 cosine decisions closer than this are re-made in float64
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,7 @@ class SemanticConfig:
     block_size: int = 1024
     similarity: Similarity = "auto"
     embedding_column: str = EMBEDDING
+    boundary_margin: float = 0.0
 
     def validate(self) -> None:
         if not 0.0 <= self.eps < 1.0:
@@ -92,6 +105,14 @@ class SemanticConfig:
             raise ValueError("policy='max_score' needs score_column=<a numeric column>, e.g. 'aesthetic_score'")
         if self.max_cluster_size < 2:
             raise ValueError(f"max_cluster_size must be >= 2, found {self.max_cluster_size}")
+        if not 0.0 <= self.boundary_margin < 2.0:
+            raise ValueError(f"boundary_margin must be in [0, 2) (a cosine gap); found {self.boundary_margin}")
+
+
+def _resolve_margin(boundary_margin: float | None, mode: str) -> float:
+    if boundary_margin is not None:
+        return float(boundary_margin)
+    return BOUNDARY_MARGIN if mode == "components" else 0.0
 
 
 # --------------------------------------------------------------------------- per partition
@@ -157,27 +178,70 @@ def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return out
 
 
+def _assign_boundary(x: np.ndarray, centroids: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(nearest, second)`` centroid per row; ``second`` is -1 unless its cosine is within
+    ``margin`` of the nearest. Decisions closer than ``_TIE`` to a tie or to the margin are
+    re-made in float64, so they never depend on how rows were batched."""
+    n, k = len(x), len(centroids)
+    if margin <= 0.0 or k < 2 or not n:
+        return _assign(x, centroids), np.full(n, -1, np.int32)
+    step = max(1, (1 << 24) // k)  # bound the (rows × k) similarity matrix (64 MiB per copy)
+    if n > step:
+        out = [_assign_boundary(x[i : i + step], centroids, margin) for i in range(0, n, step)]
+        return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+    sims = x @ centroids.T
+    m = min(3, k)
+    top = -np.partition(-sims, list(range(m)), axis=1)[:, :m]  # descending
+    gap = top[:, 0] - top[:, 1]
+    unsure = (gap < _TIE) | (np.abs(gap - margin) < _TIE)
+    if m == 3:
+        unsure |= (gap < margin + _TIE) & (top[:, 1] - top[:, 2] < _TIE)
+    first = sims.argmax(axis=1).astype(np.int32)
+    sims[np.arange(n), first] = -np.inf
+    second = sims.argmax(axis=1).astype(np.int32)
+    second[gap > margin] = -1
+    rows = np.nonzero(unsure)[0]
+    if len(rows):
+        s64 = x[rows].astype(np.float64) @ centroids.T.astype(np.float64)
+        f = s64.argmax(axis=1)
+        best = s64[np.arange(len(rows)), f]
+        s64[np.arange(len(rows)), f] = -np.inf
+        sec = s64.argmax(axis=1)
+        close = best - s64[np.arange(len(rows)), sec] <= margin
+        first[rows] = f
+        second[rows] = np.where(close, sec, -1)
+    return first, second
+
+
 def _assign_part(pdf: Any, i: int, centroids: np.ndarray, n_buckets: int, ck: Checkpoint, cfg: SemanticConfig) -> dict:
     name = f"part-{i:06d}"
     if ck.is_done(name):
         return ck.read_done(name)
     keys, x, score, excluded = _prepare(pdf, cfg)
-    cid = _assign(x, centroids)
+    first, second = _assign_boundary(x, centroids, cfg.boundary_margin)
+    copy = np.nonzero(second >= 0)[0]
+    n_rows = len(keys)
+    rows = np.r_[np.arange(n_rows), copy]  # every row once in its primary cluster, plus boundary copies
+    cid = np.r_[first, second[copy]].astype(np.int32)
+    prim = first[rows]
     bucket = cid % n_buckets
     d = x.shape[1] if x.ndim == 2 else 0
     for b in np.unique(bucket):
         sel = np.nonzero(bucket == b)[0]
+        src = rows[sel]
         cols = {
-            "key": pa.array(keys[sel], pa.string()),
+            "key": pa.array(keys[src], pa.string()),
             "cluster_id": pa.array(cid[sel], pa.int32()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x[sel].ravel(), pa.float32()), d),
+            "primary_cluster": pa.array(prim[sel], pa.int32()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x[src].ravel(), pa.float32()), d),
         }
         if score is not None:
-            cols["score"] = pa.array(score[sel], pa.float64())
+            cols["score"] = pa.array(score[src], pa.float64())
         ck.write_parquet_atomic(pa.table(cols), f"bucket-{int(b):05d}/{name}")
     counts = np.bincount(cid, minlength=len(centroids))
     nz = np.nonzero(counts)[0]
-    info = {"rows": len(keys), "excluded": excluded, "counts": {str(int(c)): int(counts[c]) for c in nz}}
+    info = {"rows": n_rows, "boundary": len(copy), "excluded": excluded,
+            "counts": {str(int(c)): int(counts[c]) for c in nz}}
     ck.mark_done(name, info)
     return info
 
@@ -274,25 +338,57 @@ def _split(x: np.ndarray, idx: np.ndarray, limit: int, cfg: SemanticConfig, dept
     return [p for k in (0, 1) for p in _split(x, idx[lab == k], limit, cfg, depth + 1)]
 
 
-def _cluster_pieces(keys: np.ndarray, x: np.ndarray, score: np.ndarray | None, centroid: np.ndarray, cfg: SemanticConfig) -> list[np.ndarray]:
+def _distance(x: np.ndarray, centroid: np.ndarray) -> np.ndarray:
+    """Cosine distance of each row to a centroid (one per row, or one for all), in float64.
+
+    Row-wise sums so a row's value does not depend on which other rows share the call."""
+    c = np.atleast_2d(np.asarray(centroid, np.float64))
+    c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-300)
+    return 1.0 - (x.astype(np.float64) * c).sum(axis=1)
+
+
+def _cluster_pieces(keys: np.ndarray, x: np.ndarray, value: np.ndarray, cfg: SemanticConfig) -> list[np.ndarray]:
     """Row positions of each piece, each in rank order (best first)."""
-    c = centroid.astype(np.float64)
-    c = c / (np.linalg.norm(c) or 1.0)
-    distance = 1.0 - x.astype(np.float64) @ c
-    order = rank_order(keys, policy=cfg.policy, score=score, distance=distance)
+    key_rank = np.argsort(np.argsort(np.asarray(keys, dtype=object), kind="stable"), kind="stable")
+    order = np.lexsort((key_rank, value))  # the policy's order, ties by key (as rank_order)
     rank = np.empty(len(keys), np.int64)
     rank[order] = np.arange(len(keys))
     pieces = _split(x, np.arange(len(keys)), cfg.max_cluster_size, cfg) if len(keys) > cfg.max_cluster_size else [order]
     return [p[np.argsort(rank[p], kind="stable")] for p in pieces]
 
 
+def _rank_values(
+    x: np.ndarray, score: np.ndarray | None, centroid: np.ndarray, cfg: SemanticConfig, primary_centroids: np.ndarray | None
+) -> np.ndarray:
+    need_distance = cfg.policy in ("nearest_centroid", "farthest_centroid")
+    distance = _distance(x, centroid if primary_centroids is None else primary_centroids) if need_distance else None
+    return rank_value(len(x), policy=cfg.policy, score=score, distance=distance)
+
+
 def dedup_cluster(
-    keys: np.ndarray, x: np.ndarray, score: np.ndarray | None, centroid: np.ndarray, cfg: SemanticConfig
+    keys: np.ndarray,
+    x: np.ndarray,
+    score: np.ndarray | None,
+    centroid: np.ndarray,
+    cfg: SemanticConfig,
+    *,
+    primary: np.ndarray | None = None,
+    primary_centroids: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """The duplicates-table rows of one cluster (rows in groups of two or more)."""
+    """The duplicates-table rows of one cluster (rows in groups of two or more).
+
+    ``primary`` (bool per row) marks rows whose nearest centroid is this one; the others are
+    boundary copies, whose policy distance is taken to ``primary_centroids`` (one per row).
+    ``components`` uses every row; ``nemo_curator`` only primary rows. The result also has
+    ``rank_value`` (the policy's sort value: lower is better, ties by key), which the
+    cross-cluster merge of ``components`` needs.
+    """
     thr = 1.0 - cfg.eps
+    value = _rank_values(x, score, centroid, cfg, primary_centroids)
     out = []
-    for piece in _cluster_pieces(keys, x, score, centroid, cfg):
+    for piece in _cluster_pieces(keys, x, value, cfg):
+        if cfg.mode == "nemo_curator" and primary is not None:
+            piece = piece[primary[piece]]  # NeMo's hard assignment: boundary copies take no part
         n = len(piece)
         if n < 2:
             continue
@@ -332,29 +428,53 @@ def dedup_cluster(
                     "max_similarity": msim,
                     "matched_key": np.where(matched >= 0, pk[np.maximum(matched, 0)], None),
                     "method": "semantic",
+                    "rank_value": value[piece][member],
                 }
             )
         )
     if not out:
-        return empty_dup_table()
+        return empty_dup_table({"rank_value": "float64"})
     return pd.concat(out, ignore_index=True)
 
 
 def sweep_cluster(
-    keys: np.ndarray, x: np.ndarray, score: np.ndarray | None, centroid: np.ndarray, cfg: SemanticConfig, eps_values: np.ndarray
-) -> tuple[int, np.ndarray, np.ndarray]:
-    """``(rows, removed by components, removed by nemo_curator)`` at each eps, for one cluster."""
+    keys: np.ndarray,
+    x: np.ndarray,
+    score: np.ndarray | None,
+    centroid: np.ndarray,
+    cfg: SemanticConfig,
+    eps_values: np.ndarray,
+    *,
+    primary: np.ndarray | None = None,
+    primary_centroids: np.ndarray | None = None,
+) -> tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """One cluster's share of :func:`eps_sweep`.
+
+    Returns ``(primary rows, (i, j, sim) maximum-similarity spanning forest of the edges at the
+    largest eps, positions into the inputs), removed by nemo_curator at each eps)``. The forest
+    keeps every component at every larger threshold; forests of all clusters are merged on the
+    key by the caller (boundary copies link clusters), which then counts ``components``.
+    """
     thr_min = 1.0 - float(np.max(eps_values))
     thr = (1.0 - eps_values).astype(np.float32)
-    rem_c = np.zeros(len(eps_values), np.int64)
+    prim = np.ones(len(keys), bool) if primary is None else np.asarray(primary, bool)
+    value = _rank_values(x, score, centroid, cfg, primary_centroids)
     rem_n = np.zeros(len(eps_values), np.int64)
-    for piece in _cluster_pieces(keys, x, score, centroid, cfg):
-        i, j, s, best, _ = pair_pass(x[piece], thr_min, block_size=cfg.block_size, similarity=cfg.similarity)
-        _, _, fs = _spanning_forest(len(piece), i, j, s)
-        # a forest edge at similarity ≥ threshold merges two groups: one fewer survivor
-        rem_c += (fs[None, :] >= thr[:, None]).sum(axis=1)
+    fi, fj, fs = [], [], []
+    for piece in _cluster_pieces(keys, x, value, cfg):
+        i, j, s, _, _ = pair_pass(x[piece], thr_min, block_size=cfg.block_size, earlier_max=False, similarity=cfg.similarity)
+        a, b, w = _spanning_forest(len(piece), i, j, s)
+        fi.append(piece[a])
+        fj.append(piece[b])
+        fs.append(w)
+        # NeMo's quantity among primary rows: the best earlier-ranked (i < j) primary neighbour
+        pp = prim[piece]
+        both = pp[i] & pp[j]
+        best = np.full(len(piece), -np.inf, np.float32)
+        np.maximum.at(best, j[both], s[both])
         rem_n += (best[None, :] >= thr[:, None]).sum(axis=1)
-    return len(keys), rem_c, rem_n
+    forest = (_cat(fi, np.int64), _cat(fj, np.int64), _cat(fs, np.float32))
+    return int(prim.sum()), forest, rem_n
 
 
 # --------------------------------------------------------------------------- driver
@@ -384,6 +504,7 @@ class _Clustering:
     n_buckets: int
     n_rows: int
     excluded: int
+    boundary_rows: int
     assign_hash: str
     timings: dict[str, float]
 
@@ -424,7 +545,8 @@ def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clusterin
     t0 = time.perf_counter()
     n_buckets = max(1, min(len(centroids), math.ceil(n_rows / ROWS_PER_BUCKET)))
     assign_cfg = {"fit": fit.hash, "centroids": hashlib.sha256(centroids.tobytes()).hexdigest()[:16],
-                  "npartitions": ddf.npartitions, "n_buckets": n_buckets, "score_column": cfg.score_column}
+                  "npartitions": ddf.npartitions, "n_buckets": n_buckets, "score_column": cfg.score_column,
+                  "boundary_margin": cfg.boundary_margin}
     ck = Checkpoint(root, "assign", assign_cfg)
     cent = dask.delayed(centroids)
     tasks = [dask.delayed(_assign_part)(p, i, cent, n_buckets, ck, cfg) for i, p in enumerate(ddf.to_delayed())]
@@ -434,7 +556,9 @@ def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clusterin
         for c, v in info["counts"].items():
             sizes[int(c)] += v
     timings["assign_s"] = time.perf_counter() - t0
-    return _Clustering(root, centroids, sizes, n_buckets, int(sizes.sum()), int(excluded), ck.hash, timings)
+    boundary = sum(int(info.get("boundary", 0)) for info in infos)
+    return _Clustering(root, centroids, sizes, n_buckets, int(sizes.sum()) - boundary, int(excluded), boundary, ck.hash,
+                       timings)
 
 
 def _fit(ddf: Any, x: np.ndarray, k: int, cfg: SemanticConfig) -> Any:
@@ -454,21 +578,40 @@ def _fit(ddf: Any, x: np.ndarray, k: int, cfg: SemanticConfig) -> Any:
     return nfb.kmeans_fit(x, k, backend=cfg.backend, max_iter=cfg.max_iter, seed=cfg.seed)
 
 
-def _read_bucket(root: Path, b: int, clusters: Sequence[int]) -> tuple[pd.Series, np.ndarray, np.ndarray, np.ndarray | None]:
+@dataclass
+class _Bucket:
+    """The rows of some clusters, sorted by (cluster, key): independent of partitioning."""
+
+    keys: np.ndarray
+    cid: np.ndarray
+    primary: np.ndarray  # each row's nearest cluster (== cid except for boundary copies)
+    x: np.ndarray
+    score: np.ndarray | None
+
+    def cluster(self, sl: slice, centroids: np.ndarray) -> dict[str, Any]:
+        prim = self.primary[sl]
+        return {"keys": self.keys[sl], "x": self.x[sl], "score": None if self.score is None else self.score[sl],
+                "primary": prim == self.cid[sl], "primary_centroids": centroids[prim]}
+
+
+def _read_bucket(root: Path, b: int, clusters: Sequence[int]) -> _Bucket:
     files = sorted((root / "assign" / f"bucket-{b:05d}").glob("part-*.parquet"))
     table = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
     if table is None or table.num_rows == 0:
-        return pd.Series([], dtype=object), np.zeros(0, np.int32), np.zeros((0, 0), np.float32), None
+        z = np.zeros(0, np.int32)
+        return _Bucket(np.zeros(0, object), z, z, np.zeros((0, 0), np.float32), None)
     cid = table["cluster_id"].to_numpy()
     keep = np.isin(cid, np.asarray(clusters, dtype=np.int32))
     keys = table["key"].to_numpy(zero_copy_only=False)[keep]
+    prim = table["primary_cluster"].to_numpy()[keep]
     emb = table["embedding"].combine_chunks()
     d = emb.type.list_size
     x = emb.values.to_numpy().reshape(-1, d)[keep]
     score = table["score"].to_numpy()[keep] if "score" in table.column_names else None
     cid = cid[keep]
     order = np.lexsort((keys.astype(str), cid))  # by cluster, then key: independent of partitioning
-    return keys[order], cid[order], np.ascontiguousarray(x[order]), None if score is None else score[order]
+    return _Bucket(keys[order], cid[order], prim[order], np.ascontiguousarray(x[order]),
+                   None if score is None else score[order])
 
 
 def _by_cluster(cid: np.ndarray) -> list[tuple[int, slice]]:
@@ -484,18 +627,73 @@ def _pairs_bucket(b: int, clusters: list[int], cl: _Clustering, ck: Checkpoint, 
     stats = [ck.read_done(f"cluster-{c:06d}") for c in clusters if c not in set(todo)]
     if not todo:
         return stats
-    keys, cid, x, score = _read_bucket(cl.root, b, todo)
-    for c, sl in _by_cluster(cid):
-        t = dedup_cluster(keys[sl], x[sl], None if score is None else score[sl], cl.centroids[c], cfg)
-        t = t.assign(cluster_id=np.int32(c))
+    bk = _read_bucket(cl.root, b, todo)
+    for c, sl in _by_cluster(bk.cid):
+        part = bk.cluster(sl, cl.centroids)
+        t = dedup_cluster(part["keys"], part["x"], part["score"], cl.centroids[c], cfg, primary=part["primary"],
+                          primary_centroids=part["primary_centroids"])
+        # cluster_id is the row's primary cluster, also for a boundary copy found here
+        prim = pd.Series(bk.primary[sl], index=pd.Index(part["keys"], dtype=object))
+        t = t.assign(cluster_id=prim.reindex(pd.Index(t["key"], dtype=object)).to_numpy(np.int32))
         for col, dt in DUP_DTYPES.items():
             t[col] = t[col].astype(dt)
         ck.write_parquet_atomic(t, f"cluster-{c:06d}")
-        info = {"cluster": c, "rows": sl.stop - sl.start, "in_groups": len(t), "removed": int((~t["is_survivor"]).sum()),
-                "split": bool(sl.stop - sl.start > cfg.max_cluster_size)}
+        n = sl.stop - sl.start
+        info = {"cluster": c, "rows": n, "boundary": int(n - part["primary"].sum()), "in_groups": len(t),
+                "split": bool(n > cfg.max_cluster_size)}
         ck.mark_done(f"cluster-{c:06d}", info)
         stats.append(info)
     return stats
+
+
+def _merge_clusters(table: pd.DataFrame) -> pd.DataFrame:
+    """``components`` across clusters: one group per connected set of per-cluster groups.
+
+    A row in two clusters (a boundary copy) links the groups it belongs to in each. Per row:
+    the most similar neighbour over all its clusters (ties: the best-ranked neighbour); per
+    group: the smallest key as ``group_id`` and the best-ranked row (``rank_value``, then key)
+    as survivor: the same rule as inside one cluster.
+    """
+    if not len(table):
+        return table.drop(columns="rank_value")
+    t = table.reset_index(drop=True)
+    keys = t["key"].to_numpy(dtype=object)
+    codes, uniq = pd.factorize(np.concatenate([keys, t["group_id"].to_numpy(dtype=object)]))
+    labels = nfb.connected_components(codes[: len(t)], codes[len(t) :], len(uniq))
+    # a row's rank value is computed against its primary centroid, so all its copies agree
+    value = t.groupby("key", sort=False)["rank_value"].first()
+    t = t.assign(
+        _label=labels[codes[: len(t)]],
+        _neg=-t["max_similarity"].to_numpy(np.float64),
+        _nrank=value.reindex(t["matched_key"]).to_numpy(np.float64),
+        _mkey=t["matched_key"].astype(object),
+        _key=t["key"].astype(object),
+    )
+    t = t.sort_values(["_key", "_neg", "_nrank", "_mkey"], kind="stable").drop_duplicates("_key", keep="first")
+    best = t.sort_values(["_label", "rank_value", "_key"], kind="stable").drop_duplicates("_label", keep="first")
+    t["is_survivor"] = t["_key"].isin(set(best["_key"]))
+    t["group_id"] = group_min_key(t["_label"].to_numpy(), t["_key"].to_numpy())
+    return t.drop(columns=["_label", "_neg", "_nrank", "_mkey", "_key", "rank_value"]).reset_index(drop=True)
+
+
+def _forest_removals(edges: pd.DataFrame, eps_values: np.ndarray) -> np.ndarray:
+    """Rows removed by ``components`` at each eps, from the union of per-cluster forests.
+
+    Clusters overlap through boundary copies, so the same pair can come from two clusters:
+    keep it once (scipy would add the weights of repeated entries), then one global
+    maximum-similarity forest; each of its edges at ≥ a threshold merges two groups."""
+    if not len(edges):
+        return np.zeros(len(eps_values), np.int64)
+    a = edges["a"].to_numpy(dtype=object)
+    b = edges["b"].to_numpy(dtype=object)
+    codes, uniq = pd.factorize(np.concatenate([a, b]))
+    u, v = codes[: len(a)], codes[len(a) :]
+    lo, hi = np.minimum(u, v), np.maximum(u, v)
+    e = pd.DataFrame({"lo": lo, "hi": hi, "s": edges["s"].to_numpy(np.float32)}).groupby(["lo", "hi"], sort=True)["s"].max()
+    lo_, hi_ = e.index.get_level_values(0).to_numpy(np.int64), e.index.get_level_values(1).to_numpy(np.int64)
+    _, _, fs = _spanning_forest(len(uniq), lo_, hi_, e.to_numpy(np.float32))
+    thr = (1.0 - eps_values).astype(np.float32)
+    return (fs[None, :] >= thr[:, None]).sum(axis=1).astype(np.int64)
 
 
 @contextlib.contextmanager
@@ -528,6 +726,7 @@ def semantic_duplicates(
     block_size: int = 1024,
     similarity: Similarity = "auto",
     embedding_column: str = EMBEDDING,
+    boundary_margin: float | None = None,
 ) -> pd.DataFrame:
     """Near-duplicate groups by cosine similarity of embeddings, within k-means clusters.
 
@@ -552,7 +751,8 @@ def semantic_duplicates(
     mode : {"components", "nemo_curator"}
         The grouping rule (module docstring).
     max_cluster_size : int
-        Larger clusters are split by recursive 2-means (pairs across a split are not found).
+        Larger clusters (boundary copies included) are split by recursive 2-means (pairs across
+        a split are not found).
     checkpoint_dir : str or Path, optional
         Keep intermediates here and resume from them; a temporary directory otherwise. For a
         multi-node cluster it must be shared storage.
@@ -566,15 +766,23 @@ def semantic_duplicates(
         Matrix engine for the similarity blocks; ``auto`` = torch on a GPU when present, else numpy.
     embedding_column : str
         Name of the embedding column.
+    boundary_margin : float, optional
+        A row whose second-nearest centroid is within this cosine of the nearest is also
+        compared inside that second cluster, so near-duplicates split by a k-means boundary are
+        found; groups are then merged across clusters. Default ``0.002`` for ``components``
+        (measured on the 768-d planted benchmark at 1M rows: recall 0.959 -> 0.99996 for +30%
+        rows compared) and ``0`` for ``nemo_curator``, which ignores boundary copies in any case
+        (NeMo's hard assignment). ``0`` turns it off.
 
     Returns
     -------
     DataFrame
-        The duplicates table plus ``cluster_id``. ``components``: ``matched_key`` is the row's
+        The duplicates table plus ``cluster_id`` (the row's nearest cluster). ``components``: ``matched_key`` is the row's
         most similar group member, ``max_similarity`` that cosine. ``nemo_curator``: the
         most similar *earlier-ranked* row (NeMo's ``max_id`` / ``cosine_sim_score``), NaN for
         the first row of a cluster. ``attrs`` holds ``n_rows``, ``n_clusters``,
-        ``split_clusters``, ``excluded`` rows and per-pass ``timings``.
+        ``split_clusters``, ``excluded`` rows, ``boundary_rows`` (copies placed in a second
+        cluster), ``boundary_margin`` and per-pass ``timings``.
 
     Examples
     --------
@@ -590,7 +798,7 @@ def semantic_duplicates(
         eps=float(eps), n_clusters=n_clusters, sample_fraction=float(sample_fraction), max_fit_rows=int(max_fit_rows),
         policy=policy, score_column=score_column, mode=mode, max_cluster_size=int(max_cluster_size), backend=backend,
         max_iter=int(max_iter), seed=int(seed), block_size=int(block_size), similarity=similarity,
-        embedding_column=embedding_column,
+        embedding_column=embedding_column, boundary_margin=_resolve_margin(boundary_margin, mode),
     )
     cfg.validate()
     import dask
@@ -611,16 +819,21 @@ def semantic_duplicates(
         tables = [pq.read_table(f).to_pandas() for f in files]
         tables = [t for t in tables if len(t)]
         cl.timings["pairs_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    table = pd.concat(tables, ignore_index=True) if tables else empty_dup_table({"cluster_id": "int32", "rank_value": "float64"})
+    table = _merge_clusters(table) if cfg.mode == "components" else table.drop(columns="rank_value")
+    cl.timings["merge_s"] = time.perf_counter() - t0
     attrs = {
         "n_clusters": len(cl.centroids),
         "split_clusters": int(sum(s["split"] for s in stats)),
         "excluded": cl.excluded,
+        "boundary_rows": cl.boundary_rows,
+        "boundary_margin": cfg.boundary_margin,
         "eps": cfg.eps,
         "mode": cfg.mode,
         "policy": cfg.policy,
         "timings": {k: round(v, 3) for k, v in cl.timings.items()},
     }
-    table = pd.concat(tables, ignore_index=True) if tables else empty_dup_table({"cluster_id": "int32"})
     return finish_dup_table(table, n_rows=cl.n_rows, method="semantic", **attrs)
 
 
@@ -642,14 +855,16 @@ def eps_sweep(
     block_size: int = 1024,
     similarity: Similarity = "auto",
     embedding_column: str = EMBEDDING,
+    boundary_margin: float | None = None,
 ) -> pd.DataFrame:
     """Fraction of rows semantic dedup would remove at each eps, on a sample of clusters.
 
     The clustering is the same as :func:`semantic_duplicates` with the same settings (and is
     reused from ``checkpoint_dir``); one similarity pass per sampled cluster at the largest eps
     gives every smaller eps: a maximum spanning forest of the edges for ``components`` (each
-    forest edge above a threshold removes one row) and the earlier-ranked maximum for
-    ``nemo_curator``.
+    forest edge above a threshold removes one row; forests of all clusters are merged on the
+    key, since boundary copies link clusters) and the earlier-ranked maximum among primary
+    rows for ``nemo_curator``. ``boundary_margin`` defaults to the ``components`` value.
 
     Parameters
     ----------
@@ -680,7 +895,7 @@ def eps_sweep(
         eps=float(eps_arr.max()), n_clusters=n_clusters, sample_fraction=float(sample_fraction),
         max_fit_rows=int(max_fit_rows), policy=policy, score_column=score_column, max_cluster_size=int(max_cluster_size),
         backend=backend, max_iter=int(max_iter), seed=int(seed), block_size=int(block_size), similarity=similarity,
-        embedding_column=embedding_column,
+        embedding_column=embedding_column, boundary_margin=_resolve_margin(boundary_margin, "components"),
     )
     cfg.validate()
     import dask
@@ -691,19 +906,27 @@ def eps_sweep(
         if sample_clusters is not None and sample_clusters < len(nonempty):
             nonempty = np.sort(np.random.default_rng(seed).choice(nonempty, sample_clusters, replace=False))
 
-        def run(b: int, clusters: list[int]) -> tuple[int, np.ndarray, np.ndarray]:
-            keys, cid, x, score = _read_bucket(cl.root, b, clusters)
-            rows, rc, rn = 0, np.zeros(len(eps_arr), np.int64), np.zeros(len(eps_arr), np.int64)
-            for c, sl in _by_cluster(cid):
-                r, a, n_ = sweep_cluster(keys[sl], x[sl], None if score is None else score[sl], cl.centroids[c], cfg, eps_arr)
-                rows, rc, rn = rows + r, rc + a, rn + n_
-            return rows, rc, rn
+        sampled = set(int(c) for c in nonempty)
+
+        def run(b: int, clusters: list[int]) -> tuple[int, pd.DataFrame, np.ndarray]:
+            bk = _read_bucket(cl.root, b, clusters)
+            rows, rn, forests = 0, np.zeros(len(eps_arr), np.int64), []
+            for c, sl in _by_cluster(bk.cid):
+                part = bk.cluster(sl, cl.centroids)
+                r, (i, j, s), n_ = sweep_cluster(part["keys"], part["x"], part["score"], cl.centroids[c], cfg, eps_arr,
+                                                 primary=part["primary"], primary_centroids=part["primary_centroids"])
+                # only rows counted in `rows` (primary in a sampled cluster) may be removed
+                prim = bk.primary[sl]
+                ok = np.isin(prim[i], list(sampled)) & np.isin(prim[j], list(sampled))
+                forests.append(pd.DataFrame({"a": part["keys"][i[ok]], "b": part["keys"][j[ok]], "s": s[ok]}))
+                rows, rn = rows + r, rn + n_
+            return rows, pd.concat(forests, ignore_index=True) if forests else pd.DataFrame({"a": [], "b": [], "s": []}), rn
 
         tasks = [dask.delayed(run)(b, [int(c) for c in nonempty if c % cl.n_buckets == b]) for b in range(cl.n_buckets)]
         results = dask.compute(*tasks)
     rows = sum(r[0] for r in results)
-    rc = sum((r[1] for r in results), np.zeros(len(eps_arr), np.int64))
     rn = sum((r[2] for r in results), np.zeros(len(eps_arr), np.int64))
+    rc = _forest_removals(pd.concat([r[1] for r in results], ignore_index=True), eps_arr)
     return pd.DataFrame(
         {
             "eps": eps_arr,

@@ -194,3 +194,65 @@ def test_sklearn_backend_finds_the_same_planted_pairs(planted):
     with dask.config.set(scheduler="sync"):
         t = semantic_duplicates(planted, eps=0.01, n_clusters=6, backend="sklearn")
     assert min(pair_scores(t, truth)) >= 0.97
+
+
+def _straddling() -> pd.DataFrame:
+    """Two mirror-image blobs around e0 and e1 and, near their bisector, x (44.95°) and y (45.05°):
+    a near-identical pair whose rows fall on opposite sides of the k-means boundary (cosine gap
+    to the two centroids ≈ 0.0012). z (8.05° below x) is linked to x only, w (mirror of z) to y only."""
+    rows, keys = [], []
+    for i in range(30):
+        for blob in (0, 1):
+            v = np.zeros(32, np.float32)
+            v[blob], v[2 + i] = 1.0, 0.5  # blob members are at cosine 0.8 to each other
+            rows.append(v / np.linalg.norm(v))
+            keys.append(f"{'pq'[blob]}{i:02d}")
+
+    def at(deg: float) -> np.ndarray:
+        v = np.zeros(32, np.float32)
+        v[0], v[1] = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+        return v
+
+    for k, deg in (("x", 44.95), ("y", 45.05), ("z", 44.95 - 8.05), ("w", 45.05 + 8.05)):
+        rows.append(at(deg))
+        keys.append(k)
+    return _frame(np.stack(rows), keys)
+
+
+def test_boundary_copies_find_pairs_that_straddle_clusters():
+    df = _straddling()
+    kw = {"eps": 0.01, "n_clusters": 2, "policy": "smallest_key"}
+    hard = semantic_duplicates(df, boundary_margin=0.0, **kw)
+    # without boundary copies x~y is lost: {x, z} and {w, y} are two groups, one per cluster
+    assert sorted(map(sorted, hard.groupby("group_id")["key"].apply(list))) == [["w", "y"], ["x", "z"]]
+    soft = semantic_duplicates(df, **kw)  # default margin 0.002 in components mode
+    assert soft.attrs["boundary_margin"] == 0.002 and soft.attrs["boundary_rows"] >= 2
+    # one group across both clusters, every key once, one survivor (the smallest key)
+    assert sorted(soft["key"]) == ["w", "x", "y", "z"] and soft["group_id"].nunique() == 1
+    assert soft.loc[soft.is_survivor, "key"].tolist() == ["w"]
+    by = soft.set_index("key")
+    assert by.loc["x", "matched_key"] == "y" and by.loc["x", "max_similarity"] > 0.9999
+    assert by.loc["x", "cluster_id"] != by.loc["y", "cluster_id"]  # the primary (nearest) cluster
+    assert by.loc["x", "cluster_id"] == by.loc["z", "cluster_id"]
+    # NeMo's rule keeps its hard assignment: boundary copies are ignored even when written
+    for margin in (None, 0.002):
+        nemo = semantic_duplicates(df, mode="nemo_curator", boundary_margin=margin, **kw)
+        assert nemo.attrs["boundary_rows"] == (0 if margin is None else soft.attrs["boundary_rows"])
+        assert set(nemo.loc[~nemo.is_survivor, "key"]) == {"y", "z"}  # x and w rank first; x~y is not seen
+        assert sorted(map(sorted, nemo.groupby("group_id")["key"].apply(list))) == [["w", "y"], ["x", "z"]]
+    # the sweep merges forests across clusters the same way
+    sweep = eps_sweep(df, [0.01], sample_clusters=None, n_clusters=2, policy="smallest_key")
+    assert sweep["removed_components"].item() == (~soft.is_survivor).sum() == 3
+    assert sweep["removed_nemo_curator"].item() == 2
+
+
+def test_boundary_results_do_not_depend_on_partitioning(planted):
+    kw = {"eps": 0.01, "n_clusters": 6, "boundary_margin": 0.01}
+    ref = semantic_duplicates(dd.from_pandas(planted, npartitions=1), **kw)
+    assert ref.attrs["boundary_rows"] > 0
+    shuffled = planted.sample(frac=1.0, random_state=5)
+    pd.testing.assert_frame_equal(semantic_duplicates(dd.from_pandas(shuffled, npartitions=5), **kw), ref)
+    assert ref["key"].is_unique
+    _, recall = pair_scores(ref, planted_pairs(planted["key"]))
+    hard = semantic_duplicates(planted, eps=0.01, n_clusters=6, boundary_margin=0.0)
+    assert recall >= pair_scores(hard, planted_pairs(planted["key"]))[1]
