@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/python scripts/make_demo_data.py --out demo_out/shards
+	$(VENV)/bin/python scripts/make_demo_data.py --out demo_data
 	$(VENV)/bin/nemo-frames curate configs/demo.yaml
 
 test: install
@@ -30,4 +30,4 @@ lint: install
 	$(VENV)/bin/ruff check nemo_frames tests benchmarks scripts
 
 clean:
-	rm -rf demo_out .pytest_cache
+	rm -rf demo_out demo_data .pytest_cache

@@ -144,3 +144,105 @@ def require(module: str, extra: str, what: str) -> Any:
             f"{what} needs the optional dependency {module!r}, which is not installed. "
             f"Install it with: uv pip install 'nemo-frames[{extra}]'"
         ) from exc
+
+
+# --------------------------------------------------------------------------- dedup: k-means, components
+KMeansBackend = Literal["auto", "faiss", "sklearn", "cuml"]
+kmeans_fit = Dispatch("nf_kmeans_fit")
+connected_components = Dispatch("nf_connected_components")
+
+
+def to_host(x: Any) -> Any:
+    """A numpy array / pandas object for a CuPy array / cuDF object (identity on CPU objects)."""
+    if type(x).__module__.startswith("cupy"):
+        return x.get()
+    if type(x).__module__.startswith("cudf"):
+        return x.to_pandas()
+    return x
+
+
+@kmeans_fit.register(np.ndarray)
+def _kmeans_fit_numpy(
+    x: np.ndarray, n_clusters: int, *, backend: KMeansBackend = "auto", max_iter: int = 20, seed: int = 0
+) -> np.ndarray:
+    """Centroids ``(k, d)`` float32 of k-means on the rows of ``x`` (float32, ideally unit-norm).
+
+    ``auto`` uses faiss when installed (measured faster here: ``benchmarks/kmeans_backends.py``),
+    else scikit-learn. Both start from a seeded random init and run ``max_iter`` Lloyd steps.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if backend == "cuml":
+        raise ValueError("backend='cuml' needs the embeddings on the GPU (a cuDF / Dask-cuDF frame)")
+    if backend == "auto":
+        backend = "faiss" if has_module("faiss") else "sklearn"
+    if backend == "faiss":
+        faiss = require("faiss", "faiss", "k-means with backend='faiss'")
+        km = faiss.Kmeans(
+            x.shape[1], int(n_clusters), niter=int(max_iter), seed=int(seed), spherical=True,
+            max_points_per_centroid=max(1, len(x)), min_points_per_centroid=1, verbose=False,
+        )
+        km.train(x)
+        return np.asarray(km.centroids, dtype=np.float32)
+    if backend == "sklearn":
+        from sklearn.cluster import KMeans
+
+        km = KMeans(n_clusters=int(n_clusters), init="random", n_init=1, max_iter=int(max_iter), random_state=int(seed))
+        return np.asarray(km.fit(x).cluster_centers_, dtype=np.float32)
+    raise ValueError(f"k-means backend must be 'auto', 'faiss', 'sklearn' or 'cuml', found {backend!r}")
+
+
+@kmeans_fit.register_lazy("cupy")
+def _register_cupy_kmeans() -> None:
+    import cupy
+
+    @kmeans_fit.register(cupy.ndarray)
+    def _kmeans_fit_cuml(x: Any, n_clusters: int, *, backend: str = "auto", max_iter: int = 20, seed: int = 0) -> Any:
+        # Single GPU: cuml.cluster.KMeans(n_clusters, max_iter, random_state, init) → cluster_centers_.
+        cuml_cluster = require("cuml.cluster", "gpu", "GPU k-means")
+        km = cuml_cluster.KMeans(
+            n_clusters=int(n_clusters), max_iter=int(max_iter), random_state=int(seed), init="scalable-k-means++", n_init=1
+        )
+        km.fit(x)
+        return cupy.asarray(km.cluster_centers_, dtype=cupy.float32)
+
+
+def kmeans_fit_dask_cudf(ddf: Any, column: str, n_clusters: int, *, max_iter: int = 20, seed: int = 0, client: Any = None) -> Any:
+    """Multi-GPU k-means (``cuml.dask.cluster.KMeans``) on a Dask-cuDF frame's list column.
+
+    Thin adapter over the documented API: the list column becomes a CuPy-backed Dask array
+    (``map_partitions`` + ``compute_chunk_sizes``), only centroids travel between GPUs.
+    Returns the centroids as a CuPy array.
+    """
+    import cupy
+
+    kmeans_mod = require("cuml.dask.cluster", "gpu", "multi-GPU k-means")
+    darr = ddf[column].map_partitions(lambda s: to_matrix(s), meta=cupy.empty((0, 0), dtype=cupy.float32))
+    darr = darr.to_dask_array() if hasattr(darr, "to_dask_array") else darr
+    darr.compute_chunk_sizes()
+    km = kmeans_mod.KMeans(client=client, n_clusters=int(n_clusters), max_iter=int(max_iter), random_state=int(seed))
+    km.fit(darr)
+    return cupy.asarray(km.cluster_centers_, dtype=cupy.float32)
+
+
+@connected_components.register(np.ndarray)
+def _components_scipy(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
+    """Component label per node ``0..n-1`` of the undirected graph with edges ``src[i]–dst[i]``."""
+    from scipy.sparse import coo_array
+    from scipy.sparse.csgraph import connected_components as cc
+
+    graph = coo_array((np.ones(len(src), np.int8), (src, dst)), shape=(n, n)).tocsr()
+    return cc(graph, directed=False, connection="weak", return_labels=True)[1]
+
+
+@connected_components.register_lazy("cupy")
+def _register_cugraph_components() -> None:
+    import cupy
+
+    @connected_components.register(cupy.ndarray)
+    def _components_cugraph(src: Any, dst: Any, n: int) -> Any:
+        # cuGraph mirrors SciPy for a CuPy sparse matrix: (n_components, labels).
+        cugraph = require("cugraph", "gpu", "GPU connected components")
+        from cupyx.scipy.sparse import coo_matrix
+
+        graph = coo_matrix((cupy.ones(len(src), cupy.float32), (src, dst)), shape=(n, n)).tocsr()
+        return cugraph.connected_components(graph, directed=False, connection="weak", return_labels=True)[1]

@@ -341,6 +341,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --------------------------------------------------------------------------- curate, report
+def _curate_args(p: argparse.ArgumentParser) -> None:
+    # Defined here (not imported from nemo_frames.pipeline) so that --help stays import-light.
+    p.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set export.samples_per_shard=500 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier results instead of resuming")
+    p.add_argument("--quiet", action="store_true", help="no progress, notes or summary table; print counts as JSON")
+
+
+@command("curate", help="run the curation pipeline from a YAML config (scan, score, filter, dedup, export, report)",
+         arguments=_curate_args)
+def _curate(args: argparse.Namespace) -> int:
+    from nemo_frames.pipeline import curate_command
+
+    return curate_command(args)
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="the output directory of `nemo-frames curate`")
+    p.add_argument("--out", help="output file (default RUN_DIR/report.html)")
+    p.add_argument("--per-grid", type=int, default=16, help="thumbnails per grid (default 16)")
+
+
+@command("report", help="write the self-contained HTML report of a curate run", arguments=_report_args)
+def _report(args: argparse.Namespace) -> int:
+    from nemo_frames.report import report_command
+
+    return report_command(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nemo-frames`` with ``argv`` (default ``sys.argv[1:]``); return the exit code.
 

@@ -1,0 +1,688 @@
+"""Semantic dedup: k-means on normalised embeddings, then near-duplicates inside each cluster.
+
+Passes (each checkpointed, so a killed run resumes where it stopped):
+
+1. **fit** – a deterministic sample (the rows whose key hashes lowest, at most ``max_fit_rows``,
+   optionally thinned to ``sample_fraction`` first) is gathered by a tree reduction and k-means
+   is fit on it (faiss or scikit-learn on CPU, cuML on GPU). The sample does not depend on the
+   partitioning, so neither do the centroids.
+2. **assign** – every input partition assigns its rows to the nearest centroid (cosine) and
+   writes them, grouped into buckets of clusters, as Parquet files. No Dask shuffle of the
+   embedding column ever happens (DESIGN §6); a bucket is a plain set of files.
+3. **pairs** – one task per bucket reads its files and processes one cluster at a time: cosine
+   similarity in row blocks (BLAS or torch, upper triangle only), edges where similarity
+   ``≥ 1 − eps``, connected components, one survivor per component by policy. Clusters larger
+   than ``max_cluster_size`` are split by recursive 2-means first. One result file and one done
+   marker per cluster.
+
+Rules (``mode``):
+
+``components`` (default) – the SemDeDup paper's "keep one per group": rows joined by a chain of
+edges form one group, the best-ranked row survives.
+
+``nemo_curator`` – NeMo Curator's rule: rank the rows of a cluster by policy, and remove every
+row whose similarity to *any* earlier-ranked row is ``≥ 1 − eps``, whether or not that earlier
+row was itself removed. A chain A~B~C (A≁C) ranked A, B, C keeps only A (like ``components``);
+ranked A, C, B it keeps A and C (``components`` keeps only A).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nemo_frames import backend as nfb
+from nemo_frames.dedup._checkpoint import Checkpoint, config_hash
+from nemo_frames.dedup._table import (
+    DUP_DTYPES,
+    Policy,
+    empty_dup_table,
+    finish_dup_table,
+    group_min_key,
+    rank_order,
+)
+from nemo_frames.schema import EMBEDDING, KEY, STATUS, Status
+
+Mode = Literal["components", "nemo_curator"]
+Similarity = Literal["auto", "numpy", "torch"]
+ROWS_PER_CLUSTER = 1000  # default n_clusters = ceil(rows / this)
+ROWS_PER_BUCKET = 50_000  # rows read by one pairs task (bounded memory per task)
+
+
+@dataclass(frozen=True)
+class SemanticConfig:
+    """Settings of one semantic dedup run (everything that changes its output)."""
+
+    eps: float = 0.01
+    n_clusters: int | None = None
+    sample_fraction: float = 1.0
+    max_fit_rows: int = 200_000
+    policy: Policy = "farthest_centroid"
+    score_column: str | None = None
+    mode: Mode = "components"
+    max_cluster_size: int = 20_000
+    backend: nfb.KMeansBackend = "auto"
+    max_iter: int = 20
+    seed: int = 0
+    block_size: int = 1024
+    similarity: Similarity = "auto"
+    embedding_column: str = EMBEDDING
+
+    def validate(self) -> None:
+        if not 0.0 <= self.eps < 1.0:
+            raise ValueError(f"eps must be in [0, 1): similarity threshold is 1 - eps; found {self.eps}")
+        if not 0.0 < self.sample_fraction <= 1.0:
+            raise ValueError(f"sample_fraction must be in (0, 1], found {self.sample_fraction}")
+        if self.mode not in ("components", "nemo_curator"):
+            raise ValueError(f"mode must be 'components' or 'nemo_curator', found {self.mode!r}")
+        if self.policy == "max_score" and not self.score_column:
+            raise ValueError("policy='max_score' needs score_column=<a numeric column>, e.g. 'aesthetic_score'")
+        if self.max_cluster_size < 2:
+            raise ValueError(f"max_cluster_size must be >= 2, found {self.max_cluster_size}")
+
+
+# --------------------------------------------------------------------------- per partition
+def _prepare(pdf: Any, cfg: SemanticConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """``(keys, unit-norm float32 matrix, score, excluded)`` for the ``ok`` rows of one partition."""
+    pdf = nfb.to_host(pdf)
+    if STATUS in pdf.columns:
+        pdf = pdf[pdf[STATUS] == Status.OK.value]
+    emb = pdf[cfg.embedding_column]
+    has = emb.notna().to_numpy()
+    excluded = int((~has).sum())
+    pdf, emb = pdf[has], emb[has]
+    x = nfb.to_host(nfb.to_matrix(emb)) if len(emb) else np.zeros((0, 0), np.float32)
+    norm = np.linalg.norm(x, axis=1) if len(x) else np.zeros(0, np.float32)
+    good = np.isfinite(norm) & (norm > 0)
+    excluded += int((~good).sum())
+    x = np.ascontiguousarray(x[good] / norm[good, None], dtype=np.float32)
+    keys = pdf[KEY].to_numpy(dtype=object)[good]
+    score = pdf[cfg.score_column].to_numpy(dtype=np.float64)[good] if cfg.score_column else None
+    return keys, x, score, excluded
+
+
+def _key_hash(keys: np.ndarray) -> np.ndarray:
+    return pd.util.hash_array(np.asarray(keys, dtype=object), categorize=False)
+
+
+def _bottom(h: np.ndarray, x: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(h) > cap:
+        keep = np.argpartition(h, cap - 1)[:cap]
+        h, x = h[keep], x[keep]
+    return h, x
+
+
+def _sample_part(pdf: Any, cfg: SemanticConfig) -> tuple[int, int, np.ndarray, np.ndarray]:
+    keys, x, _, excluded = _prepare(pdf, cfg)
+    h = _key_hash(keys)
+    if cfg.sample_fraction < 1.0:
+        sel = h < np.uint64(min(int(cfg.sample_fraction * 2.0**64), 2**64 - 1))
+        h, x = h[sel], x[sel]
+    h, x = _bottom(h, x, cfg.max_fit_rows)
+    return len(keys), excluded, h, x
+
+
+def _merge_samples(a: tuple, b: tuple, cap: int) -> tuple:
+    if a[3].shape[1:] != b[3].shape[1:] and len(a[2]) and len(b[2]):
+        raise ValueError(f"semantic_duplicates: embeddings of different dimensions ({a[3].shape[1]} vs {b[3].shape[1]})")
+    x = a[3] if not len(b[2]) else b[3] if not len(a[2]) else np.concatenate([a[3], b[3]])
+    h, x = _bottom(np.concatenate([a[2], b[2]]), x, cap)
+    return a[0] + b[0], a[1] + b[1], h, x
+
+
+def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest centroid by cosine; near-ties re-decided in float64 so results never depend on
+    how rows were batched (BLAS rounding differs with matrix shape)."""
+    if not len(x):
+        return np.zeros(0, np.int32)
+    sims = x @ centroids.T
+    top2 = np.partition(sims, -2, axis=1)[:, -2:] if sims.shape[1] > 1 else np.c_[sims, sims - 1]
+    out = sims.argmax(axis=1).astype(np.int32)
+    close = np.nonzero(np.abs(top2[:, 1] - top2[:, 0]) < 1e-4)[0]
+    if len(close):
+        out[close] = (x[close].astype(np.float64) @ centroids.T.astype(np.float64)).argmax(axis=1)
+    return out
+
+
+def _assign_part(pdf: Any, i: int, centroids: np.ndarray, n_buckets: int, ck: Checkpoint, cfg: SemanticConfig) -> dict:
+    name = f"part-{i:06d}"
+    if ck.is_done(name):
+        return ck.read_done(name)
+    keys, x, score, excluded = _prepare(pdf, cfg)
+    cid = _assign(x, centroids)
+    bucket = cid % n_buckets
+    d = x.shape[1] if x.ndim == 2 else 0
+    for b in np.unique(bucket):
+        sel = np.nonzero(bucket == b)[0]
+        cols = {
+            "key": pa.array(keys[sel], pa.string()),
+            "cluster_id": pa.array(cid[sel], pa.int32()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x[sel].ravel(), pa.float32()), d),
+        }
+        if score is not None:
+            cols["score"] = pa.array(score[sel], pa.float64())
+        ck.write_parquet_atomic(pa.table(cols), f"bucket-{int(b):05d}/{name}")
+    counts = np.bincount(cid, minlength=len(centroids))
+    nz = np.nonzero(counts)[0]
+    info = {"rows": len(keys), "excluded": excluded, "counts": {str(int(c)): int(counts[c]) for c in nz}}
+    ck.mark_done(name, info)
+    return info
+
+
+# --------------------------------------------------------------------------- per cluster
+def _torch_device() -> str:
+    return "cuda" if nfb.gpu_available() else "cpu"
+
+
+def pair_pass(
+    x: np.ndarray, threshold: float, *, block_size: int = 1024, earlier_max: bool = True, similarity: Similarity = "auto"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Blockwise cosine over the upper triangle of ``x @ x.T`` (rows unit-norm, in rank order).
+
+    Returns ``(i, j, sim)`` for every pair ``i < j`` with ``sim ≥ threshold``, and per row ``j``
+    the highest similarity to any row ``i < j`` and that row (``-inf`` / ``-1`` for row 0): the
+    NeMo Curator quantity. Memory is ``O(block_size · n)``.
+    """
+    n = len(x)
+    use_torch = similarity == "torch" or (similarity == "auto" and nfb.gpu_available())
+    best = np.full(n, -np.inf, np.float32)
+    arg = np.full(n, -1, np.int64)
+    ei, ej, es = [], [], []
+    if use_torch:
+        import torch
+
+        dev = _torch_device()
+        xt = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
+    thr = np.float32(threshold)
+    for i0 in range(0, n, block_size):
+        i1 = min(n, i0 + block_size)
+        b = i1 - i0
+        if use_torch:
+            s = xt[i0:i1] @ xt[i0:].T
+            s[:, :b] = s[:, :b].masked_fill(
+                torch.ones(b, b, dtype=torch.bool, device=s.device).tril(), float("-inf")
+            )
+            if earlier_max:
+                m, a = s.max(dim=0)
+                m, a = m.cpu().numpy(), a.cpu().numpy()
+            r, c = torch.nonzero(s >= float(thr), as_tuple=True)
+            sv = s[r, c].cpu().numpy()
+            r, c = r.cpu().numpy(), c.cpu().numpy()
+        else:
+            s = x[i0:i1] @ x[i0:].T
+            s[:, :b][np.tril(np.ones((b, b), dtype=bool))] = -np.inf
+            if earlier_max:
+                a = s.argmax(axis=0)
+                m = s[a, np.arange(s.shape[1])]
+            r, c = np.nonzero(s >= thr)
+            sv = s[r, c]
+        if earlier_max:
+            better = m > best[i0:]
+            best[i0:][better] = m[better]
+            arg[i0:][better] = a[better] + i0
+        if len(r):
+            ei.append(r + i0)
+            ej.append(c + i0)
+            es.append(sv.astype(np.float32))
+    return _cat(ei, np.int64), _cat(ej, np.int64), _cat(es, np.float32), best, arg
+
+
+def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+
+def _spanning_forest(n: int, i: np.ndarray, j: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The maximum-similarity spanning forest: same components at every threshold ≥ min(s)."""
+    from scipy.sparse import coo_array
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
+    if not len(i):
+        return i, j, s
+    w = 2.0 - s.astype(np.float64)  # > 0: scipy treats zeros as missing edges
+    t = minimum_spanning_tree(coo_array((w, (i, j)), shape=(n, n)).tocsr()).tocoo()
+    return t.row.astype(np.int64), t.col.astype(np.int64), (2.0 - t.data).astype(np.float32)
+
+
+def _split(x: np.ndarray, idx: np.ndarray, limit: int, cfg: SemanticConfig, depth: int = 0) -> list[np.ndarray]:
+    """Recursive 2-means until every piece has at most ``limit`` rows (positions ``idx`` into x)."""
+    if len(idx) <= limit:
+        return [idx]
+    sub = x[idx]
+    lab = None
+    if depth < 32:
+        c = nfb.kmeans_fit(sub, 2, backend=cfg.backend if cfg.backend != "cuml" else "auto", max_iter=10, seed=cfg.seed + depth)
+        lab = _assign(sub, c)
+        if min(np.bincount(lab, minlength=2)) < max(1, len(idx) // 100):
+            lab = None
+    if lab is None:  # degenerate (near-identical rows): cut along a seeded random direction
+        proj = sub @ np.random.default_rng(cfg.seed + depth).standard_normal(sub.shape[1]).astype(np.float32)
+        lab = np.zeros(len(idx), np.int32)
+        lab[np.argsort(proj, kind="stable")[len(idx) // 2 :]] = 1
+    return [p for k in (0, 1) for p in _split(x, idx[lab == k], limit, cfg, depth + 1)]
+
+
+def _cluster_pieces(keys: np.ndarray, x: np.ndarray, score: np.ndarray | None, centroid: np.ndarray, cfg: SemanticConfig) -> list[np.ndarray]:
+    """Row positions of each piece, each in rank order (best first)."""
+    c = centroid.astype(np.float64)
+    c = c / (np.linalg.norm(c) or 1.0)
+    distance = 1.0 - x.astype(np.float64) @ c
+    order = rank_order(keys, policy=cfg.policy, score=score, distance=distance)
+    rank = np.empty(len(keys), np.int64)
+    rank[order] = np.arange(len(keys))
+    pieces = _split(x, np.arange(len(keys)), cfg.max_cluster_size, cfg) if len(keys) > cfg.max_cluster_size else [order]
+    return [p[np.argsort(rank[p], kind="stable")] for p in pieces]
+
+
+def dedup_cluster(
+    keys: np.ndarray, x: np.ndarray, score: np.ndarray | None, centroid: np.ndarray, cfg: SemanticConfig
+) -> pd.DataFrame:
+    """The duplicates-table rows of one cluster (rows in groups of two or more)."""
+    thr = 1.0 - cfg.eps
+    out = []
+    for piece in _cluster_pieces(keys, x, score, centroid, cfg):
+        n = len(piece)
+        if n < 2:
+            continue
+        pk = keys[piece]
+        i, j, s, best, arg = pair_pass(
+            x[piece], thr, block_size=cfg.block_size, earlier_max=cfg.mode == "nemo_curator", similarity=cfg.similarity
+        )
+        if not len(i):
+            continue
+        labels = nfb.connected_components(i, j, n)
+        size = np.bincount(labels)
+        member = np.nonzero(size[labels] > 1)[0]  # positions in rank order
+        lab = labels[member]
+        if cfg.mode == "components":
+            # positions are in rank order: the lowest position of a component is its best row
+            surv = member == pd.Series(member).groupby(lab).transform("min").to_numpy()
+            # the most similar neighbour of each row (an edge, so ≥ 1 − eps)
+            src, dst, ss = np.r_[i, j], np.r_[j, i], np.r_[s, s]
+            o = np.lexsort((dst, -ss, src))
+            src, dst, ss = src[o], dst[o], ss[o]
+            head = np.r_[True, src[1:] != src[:-1]]
+            nn = np.full(n, -1, np.int64)
+            nns = np.full(n, np.nan)
+            nn[src[head]] = dst[head]
+            nns[src[head]] = ss[head]
+            matched, msim = nn[member], nns[member]
+        else:
+            surv = best[member] < np.float32(thr)
+            matched, msim = arg[member], best[member].astype(np.float64)
+            msim[matched < 0] = np.nan
+        out.append(
+            pd.DataFrame(
+                {
+                    "key": pk[member],
+                    "group_id": group_min_key(lab, pk[member]),
+                    "is_survivor": surv,
+                    "max_similarity": msim,
+                    "matched_key": np.where(matched >= 0, pk[np.maximum(matched, 0)], None),
+                    "method": "semantic",
+                }
+            )
+        )
+    if not out:
+        return empty_dup_table()
+    return pd.concat(out, ignore_index=True)
+
+
+def sweep_cluster(
+    keys: np.ndarray, x: np.ndarray, score: np.ndarray | None, centroid: np.ndarray, cfg: SemanticConfig, eps_values: np.ndarray
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(rows, removed by components, removed by nemo_curator)`` at each eps, for one cluster."""
+    thr_min = 1.0 - float(np.max(eps_values))
+    thr = (1.0 - eps_values).astype(np.float32)
+    rem_c = np.zeros(len(eps_values), np.int64)
+    rem_n = np.zeros(len(eps_values), np.int64)
+    for piece in _cluster_pieces(keys, x, score, centroid, cfg):
+        i, j, s, best, _ = pair_pass(x[piece], thr_min, block_size=cfg.block_size, similarity=cfg.similarity)
+        _, _, fs = _spanning_forest(len(piece), i, j, s)
+        # a forest edge at similarity ≥ threshold merges two groups: one fewer survivor
+        rem_c += (fs[None, :] >= thr[:, None]).sum(axis=1)
+        rem_n += (best[None, :] >= thr[:, None]).sum(axis=1)
+    return len(keys), rem_c, rem_n
+
+
+# --------------------------------------------------------------------------- driver
+def _as_dask(df: Any) -> Any:
+    import dask.dataframe as dd
+
+    if hasattr(df, "to_delayed"):
+        return df
+    return dd.from_pandas(df, npartitions=max(1, math.ceil(len(df) / 100_000)), sort=False)
+
+
+def _check_columns(df: Any, cfg: SemanticConfig, stage: str) -> None:
+    need = [KEY, cfg.embedding_column] + ([cfg.score_column] if cfg.score_column else [])
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise KeyError(
+            f"{stage}: input is missing column(s) {missing}; found {list(df.columns)}. "
+            "Embeddings come from the scoring pass (list<float32> column 'embedding')."
+        )
+
+
+@dataclass
+class _Clustering:
+    root: Path
+    centroids: np.ndarray
+    sizes: np.ndarray
+    n_buckets: int
+    n_rows: int
+    excluded: int
+    assign_hash: str
+
+
+def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clustering:
+    import dask
+
+    _check_columns(df, cfg, stage)
+    ddf = _as_dask(df)
+    fit_cfg = {
+        k: v for k, v in asdict(cfg).items()
+        if k in ("n_clusters", "sample_fraction", "max_fit_rows", "backend", "max_iter", "seed", "embedding_column")
+    }
+    fit = Checkpoint(root, "fit", fit_cfg)
+    if fit.is_done("centroids"):
+        info = fit.read_done("centroids")
+        centroids = np.load(fit.path("centroids", ".npy"))
+        n_rows, excluded = info["rows"], info["excluded"]
+    else:
+        parts = [dask.delayed(_sample_part)(p, cfg) for p in ddf.to_delayed()]
+        merge = dask.delayed(_merge_samples)
+        while len(parts) > 1:
+            parts = [merge(parts[k], parts[k + 1], cfg.max_fit_rows) if k + 1 < len(parts) else parts[k] for k in range(0, len(parts), 2)]
+        n_rows, excluded, h, x = dask.compute(parts[0])[0]
+        if n_rows == 0:
+            raise ValueError(f"{stage}: no rows with nf_status == 'ok' and a non-zero embedding to deduplicate")
+        x = x[np.argsort(h, kind="stable")]  # a fixed order: the fit must not depend on partitioning
+        k = cfg.n_clusters or math.ceil(n_rows / ROWS_PER_CLUSTER)
+        k = max(1, min(int(k), len(x)))
+        centroids = np.asarray(nfb.to_host(nfb.kmeans_fit(x, k, backend=cfg.backend, max_iter=cfg.max_iter, seed=cfg.seed)), np.float32)
+        centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+        fit.write_npy_atomic(centroids, "centroids")
+        fit.mark_done("centroids", {"rows": int(n_rows), "excluded": int(excluded), "k": len(centroids), "fit_rows": len(x)})
+    n_buckets = max(1, min(len(centroids), math.ceil(n_rows / ROWS_PER_BUCKET)))
+    assign_cfg = {"fit": fit.hash, "centroids": config_hash({"c": centroids.tobytes().hex()[:4096], "s": centroids.sum().item()}),
+                  "npartitions": ddf.npartitions, "n_buckets": n_buckets, "score_column": cfg.score_column}
+    ck = Checkpoint(root, "assign", assign_cfg)
+    cent = dask.delayed(centroids)
+    tasks = [dask.delayed(_assign_part)(p, i, cent, n_buckets, ck, cfg) for i, p in enumerate(ddf.to_delayed())]
+    infos = dask.compute(*tasks)
+    sizes = np.zeros(len(centroids), np.int64)
+    for info in infos:
+        for c, v in info["counts"].items():
+            sizes[int(c)] += v
+    return _Clustering(root, centroids, sizes, n_buckets, int(sizes.sum()), int(excluded), ck.hash)
+
+
+def _read_bucket(root: Path, b: int, clusters: Sequence[int]) -> tuple[pd.Series, np.ndarray, np.ndarray, np.ndarray | None]:
+    files = sorted((root / "assign" / f"bucket-{b:05d}").glob("part-*.parquet"))
+    table = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+    if table is None or table.num_rows == 0:
+        return pd.Series([], dtype=object), np.zeros(0, np.int32), np.zeros((0, 0), np.float32), None
+    cid = table["cluster_id"].to_numpy()
+    keep = np.isin(cid, np.asarray(clusters, dtype=np.int32))
+    keys = table["key"].to_numpy(zero_copy_only=False)[keep]
+    emb = table["embedding"].combine_chunks()
+    d = emb.type.list_size
+    x = emb.values.to_numpy().reshape(-1, d)[keep]
+    score = table["score"].to_numpy()[keep] if "score" in table.column_names else None
+    cid = cid[keep]
+    order = np.lexsort((keys.astype(str), cid))  # by cluster, then key: independent of partitioning
+    return keys[order], cid[order], np.ascontiguousarray(x[order]), None if score is None else score[order]
+
+
+def _by_cluster(cid: np.ndarray) -> list[tuple[int, slice]]:
+    if not len(cid):
+        return []
+    starts = np.r_[0, np.nonzero(np.diff(cid))[0] + 1]
+    ends = np.r_[starts[1:], len(cid)]
+    return [(int(cid[s]), slice(int(s), int(e))) for s, e in zip(starts, ends, strict=True)]
+
+
+def _pairs_bucket(b: int, clusters: list[int], cl: _Clustering, ck: Checkpoint, cfg: SemanticConfig) -> list[dict]:
+    todo = [c for c in clusters if not ck.is_done(f"cluster-{c:06d}")]
+    stats = [ck.read_done(f"cluster-{c:06d}") for c in clusters if c not in set(todo)]
+    if not todo:
+        return stats
+    keys, cid, x, score = _read_bucket(cl.root, b, todo)
+    for c, sl in _by_cluster(cid):
+        t = dedup_cluster(keys[sl], x[sl], None if score is None else score[sl], cl.centroids[c], cfg)
+        t = t.assign(cluster_id=np.int32(c))
+        for col, dt in DUP_DTYPES.items():
+            t[col] = t[col].astype(dt)
+        ck.write_parquet_atomic(t, f"cluster-{c:06d}")
+        info = {"cluster": c, "rows": sl.stop - sl.start, "in_groups": len(t), "removed": int((~t["is_survivor"]).sum()),
+                "split": bool(sl.stop - sl.start > cfg.max_cluster_size)}
+        ck.mark_done(f"cluster-{c:06d}", info)
+        stats.append(info)
+    return stats
+
+
+@contextlib.contextmanager
+def _workdir(checkpoint_dir: str | Path | None) -> Any:
+    if checkpoint_dir is not None:
+        yield Path(checkpoint_dir)
+        return
+    tmp = tempfile.mkdtemp(prefix="nf-semdedup-")
+    try:
+        yield Path(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def semantic_duplicates(
+    df: Any,
+    *,
+    eps: float = 0.01,
+    n_clusters: int | None = None,
+    sample_fraction: float = 1.0,
+    policy: Policy = "farthest_centroid",
+    score_column: str | None = None,
+    mode: Mode = "components",
+    max_cluster_size: int = 20_000,
+    checkpoint_dir: str | Path | None = None,
+    backend: nfb.KMeansBackend = "auto",
+    max_fit_rows: int = 200_000,
+    max_iter: int = 20,
+    seed: int = 0,
+    block_size: int = 1024,
+    similarity: Similarity = "auto",
+    embedding_column: str = EMBEDDING,
+) -> pd.DataFrame:
+    """Near-duplicate groups by cosine similarity of embeddings, within k-means clusters.
+
+    Parameters
+    ----------
+    df : pandas or Dask DataFrame
+        With ``key`` and ``embedding`` (``list<float32>``); only ``nf_status == 'ok'`` rows
+        with a finite, non-zero embedding take part (embeddings are L2-normalised here).
+    eps : float
+        Rows are near-duplicates when cosine similarity ``≥ 1 − eps`` (larger eps removes more).
+        Choose it with :func:`eps_sweep`.
+    n_clusters : int, optional
+        k for k-means; default ``ceil(rows / 1000)``. Cost is ``O(rows × cluster size)``.
+    sample_fraction : float
+        Fit k-means on this fraction of rows (by key hash), at most ``max_fit_rows``; every row
+        is then assigned.
+    policy : {"farthest_centroid", "nearest_centroid", "max_score", "smallest_key"}
+        Which row of a group survives (ties: smallest key). ``farthest_centroid`` is NeMo
+        Curator's and SemDeDup's default ("hard").
+    score_column : str, optional
+        Numeric column for ``policy='max_score'`` (e.g. ``aesthetic_score``).
+    mode : {"components", "nemo_curator"}
+        The grouping rule (module docstring).
+    max_cluster_size : int
+        Larger clusters are split by recursive 2-means (pairs across a split are not found).
+    checkpoint_dir : str or Path, optional
+        Keep intermediates here and resume from them; a temporary directory otherwise. For a
+        multi-node cluster it must be shared storage.
+    backend : {"auto", "faiss", "sklearn", "cuml"}
+        k-means implementation.
+    max_fit_rows, max_iter, seed : int
+        k-means sample cap, Lloyd iterations, seed.
+    block_size : int
+        Rows per similarity block (memory ``4 · block_size · cluster size`` bytes).
+    similarity : {"auto", "numpy", "torch"}
+        Matrix engine for the similarity blocks; ``auto`` = torch on a GPU when present, else numpy.
+    embedding_column : str
+        Name of the embedding column.
+
+    Returns
+    -------
+    DataFrame
+        The duplicates table plus ``cluster_id``. ``components``: ``matched_key`` is the row's
+        most similar group member, ``max_similarity`` that cosine. ``nemo_curator``: the
+        most similar *earlier-ranked* row (NeMo's ``max_id`` / ``cosine_sim_score``), NaN for
+        the first row of a cluster. ``attrs`` holds ``n_rows``, ``n_clusters``,
+        ``split_clusters`` and ``excluded`` rows.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from nemo_frames.backend import from_matrix
+    >>> x = np.eye(4, 8, dtype=np.float32); x[1] = x[0] + 0.01
+    >>> df = pd.DataFrame({"key": list("abcd")}).assign(embedding=from_matrix(x))
+    >>> t = semantic_duplicates(df, eps=0.01, n_clusters=1, policy="smallest_key")
+    >>> t[["key", "is_survivor", "matched_key"]].values.tolist()
+    [['a', True, 'b'], ['b', False, 'a']]
+    """
+    cfg = SemanticConfig(
+        eps=float(eps), n_clusters=n_clusters, sample_fraction=float(sample_fraction), max_fit_rows=int(max_fit_rows),
+        policy=policy, score_column=score_column, mode=mode, max_cluster_size=int(max_cluster_size), backend=backend,
+        max_iter=int(max_iter), seed=int(seed), block_size=int(block_size), similarity=similarity,
+        embedding_column=embedding_column,
+    )
+    cfg.validate()
+    import dask
+
+    with _workdir(checkpoint_dir) as root:
+        cl = _cluster(df, cfg, root, "semantic_duplicates")
+        pairs_cfg = {"assign": cl.assign_hash, **{k: v for k, v in asdict(cfg).items() if k in (
+            "eps", "policy", "score_column", "mode", "max_cluster_size", "block_size", "seed")}}
+        ck = Checkpoint(root, "pairs", pairs_cfg)
+        nonempty = np.nonzero(cl.sizes)[0]
+        tasks = [
+            dask.delayed(_pairs_bucket)(b, [int(c) for c in nonempty if c % cl.n_buckets == b], cl, ck, cfg)
+            for b in range(cl.n_buckets)
+        ]
+        stats = [s for part in dask.compute(*tasks) for s in part]
+        files = [ck.path(f"cluster-{int(c):06d}") for c in nonempty]
+        tables = [pq.read_table(f).to_pandas() for f in files]
+        tables = [t for t in tables if len(t)]
+    attrs = {
+        "n_clusters": len(cl.centroids),
+        "split_clusters": int(sum(s["split"] for s in stats)),
+        "excluded": cl.excluded,
+        "eps": cfg.eps,
+        "mode": cfg.mode,
+        "policy": cfg.policy,
+    }
+    table = pd.concat(tables, ignore_index=True) if tables else empty_dup_table({"cluster_id": "int32"})
+    return finish_dup_table(table, n_rows=cl.n_rows, method="semantic", **attrs)
+
+
+def eps_sweep(
+    df: Any,
+    eps_values: Sequence[float] = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1),
+    *,
+    sample_clusters: int | None = 100,
+    n_clusters: int | None = None,
+    sample_fraction: float = 1.0,
+    policy: Policy = "farthest_centroid",
+    score_column: str | None = None,
+    max_cluster_size: int = 20_000,
+    checkpoint_dir: str | Path | None = None,
+    backend: nfb.KMeansBackend = "auto",
+    max_fit_rows: int = 200_000,
+    max_iter: int = 20,
+    seed: int = 0,
+    block_size: int = 1024,
+    similarity: Similarity = "auto",
+    embedding_column: str = EMBEDDING,
+) -> pd.DataFrame:
+    """Fraction of rows semantic dedup would remove at each eps, on a sample of clusters.
+
+    The clustering is the same as :func:`semantic_duplicates` with the same settings (and is
+    reused from ``checkpoint_dir``); one similarity pass per sampled cluster at the largest eps
+    gives every smaller eps: a maximum spanning forest of the edges for ``components`` (each
+    forest edge above a threshold removes one row) and the earlier-ranked maximum for
+    ``nemo_curator``.
+
+    Parameters
+    ----------
+    eps_values : sequence of float
+        Values to evaluate.
+    sample_clusters : int or None
+        How many non-empty clusters to evaluate (seeded choice); ``None`` = all.
+    Other parameters
+        As in :func:`semantic_duplicates`.
+
+    Returns
+    -------
+    DataFrame
+        ``eps``, ``similarity_threshold``, ``rows`` (in the sampled clusters),
+        ``removed_components``, ``removed_nemo_curator`` and the two ``fraction_removed_*``.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from nemo_frames.backend import from_matrix
+    >>> x = np.eye(4, 8, dtype=np.float32); x[1] = x[0] + 0.01
+    >>> df = pd.DataFrame({"key": list("abcd")}).assign(embedding=from_matrix(x))
+    >>> eps_sweep(df, [0.00001, 0.01], n_clusters=1)["removed_components"].tolist()
+    [0, 1]
+    """
+    eps_arr = np.asarray(sorted(float(e) for e in eps_values), dtype=np.float64)
+    cfg = SemanticConfig(
+        eps=float(eps_arr.max()), n_clusters=n_clusters, sample_fraction=float(sample_fraction),
+        max_fit_rows=int(max_fit_rows), policy=policy, score_column=score_column, max_cluster_size=int(max_cluster_size),
+        backend=backend, max_iter=int(max_iter), seed=int(seed), block_size=int(block_size), similarity=similarity,
+        embedding_column=embedding_column,
+    )
+    cfg.validate()
+    import dask
+
+    with _workdir(checkpoint_dir) as root:
+        cl = _cluster(df, cfg, root, "eps_sweep")
+        nonempty = np.nonzero(cl.sizes)[0]
+        if sample_clusters is not None and sample_clusters < len(nonempty):
+            nonempty = np.sort(np.random.default_rng(seed).choice(nonempty, sample_clusters, replace=False))
+
+        def run(b: int, clusters: list[int]) -> tuple[int, np.ndarray, np.ndarray]:
+            keys, cid, x, score = _read_bucket(cl.root, b, clusters)
+            rows, rc, rn = 0, np.zeros(len(eps_arr), np.int64), np.zeros(len(eps_arr), np.int64)
+            for c, sl in _by_cluster(cid):
+                r, a, n_ = sweep_cluster(keys[sl], x[sl], None if score is None else score[sl], cl.centroids[c], cfg, eps_arr)
+                rows, rc, rn = rows + r, rc + a, rn + n_
+            return rows, rc, rn
+
+        tasks = [dask.delayed(run)(b, [int(c) for c in nonempty if c % cl.n_buckets == b]) for b in range(cl.n_buckets)]
+        results = dask.compute(*tasks)
+    rows = sum(r[0] for r in results)
+    rc = sum((r[1] for r in results), np.zeros(len(eps_arr), np.int64))
+    rn = sum((r[2] for r in results), np.zeros(len(eps_arr), np.int64))
+    return pd.DataFrame(
+        {
+            "eps": eps_arr,
+            "similarity_threshold": 1.0 - eps_arr,
+            "rows": rows,
+            "removed_components": rc,
+            "removed_nemo_curator": rn,
+            "fraction_removed_components": rc / max(rows, 1),
+            "fraction_removed_nemo_curator": rn / max(rows, 1),
+        }
+    )

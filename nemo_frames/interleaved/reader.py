@@ -1,0 +1,684 @@
+"""Readers of interleaved documents: MINT-1T-style WebDataset shards and item-table Parquet.
+
+WebDataset layout (MINT-1T PDF/ArXiv subsets, and what NeMo Curator and
+:func:`~nemo_frames.interleaved.writer.write_interleaved_webdataset` write): each
+``<stem>.json`` member is one sample, holding parallel lists ``texts`` and
+``images`` of equal length with ``null`` where the other modality sits. Image
+entries name their bytes, resolved in this order:
+
+1. the entry is the name of a member of the shard (``"doc.3.jpg"``), or of a member
+   in the JSON's directory;
+2. ``image_member_field`` names a member in the JSON (a string, or a list aligned to
+   the non-null images);
+3. the sample has exactly one image member ``<stem>.<ext>`` (MINT-1T: ``<stem>.tiff``,
+   a multi-frame TIFF): images sharing it take frames 0, 1, … in list order.
+
+Everything that goes wrong is a row with ``nf_status="error"`` and
+``nf_error="<code>: <message>"``, never an exception: see ``docs/interleaved.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import mimetypes
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import dask.dataframe as dd
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nemo_frames import schema as S
+from nemo_frames.interleaved import schema as IS
+from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members
+from nemo_frames.io.urls import expand_urls
+from nemo_frames.ledger import STRING
+from nemo_frames.schema import ErrorCode, Status, error_text
+
+ITEM_FIELDS_KEY = "nf_item_fields"
+"""JSON key holding per-item passthrough values: ``{column: [value at position 0, 1, ...]}``."""
+JSON_COLUMN = S.JSON
+Kind = Literal["string", "int", "float", "bool"]
+_KIND_DTYPES: dict[str, Any] = {"string": STRING, "int": "Int64", "float": "float64", "bool": "boolean"}
+_TIFF_EXTS = ("tif", "tiff")
+
+
+@dataclasses.dataclass(frozen=True)
+class InterleavedReadConfig:
+    """Settings of :func:`read_interleaved_webdataset` (see its parameters)."""
+
+    materialize: bool = False
+    sample_id_field: str | None = "sample_id"
+    texts_field: str = "texts"
+    images_field: str = "images"
+    image_member_field: str | None = None
+    json_extensions: tuple[str, ...] = ("json",)
+    image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "tif", "tiff", "webp", "bmp", "gif")
+    max_member_size: int = 256 << 20
+    max_json_size: int = 16 << 20
+    fields: tuple[tuple[str, str], ...] = ()
+    item_fields: tuple[tuple[str, str], ...] = ()
+
+
+# --------------------------------------------------------------------------- helpers
+def content_type_of(name: str) -> str:
+    """MIME type from a member name (``application/octet-stream`` when unknown)."""
+    ext = name.rsplit(".", 1)[-1].lower()
+    if ext in _TIFF_EXTS:
+        return "image/tiff"
+    if ext == "webp":
+        return "image/webp"
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def extract_frame(data: bytes, frame_index: int) -> bytes:
+    """One frame of a (multi-frame) TIFF, re-saved as a single-frame TIFF (lossless deflate).
+
+    Raises
+    ------
+    IndexError
+        The TIFF has no frame ``frame_index``.
+    OSError, ValueError
+        The bytes are not a readable TIFF.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        n = getattr(im, "n_frames", 1)
+        if not 0 <= frame_index < n:
+            raise IndexError(f"frame {frame_index} does not exist (the TIFF has {n} frame{'s' if n != 1 else ''})")
+        im.seek(frame_index)
+        im.load()
+        out = io.BytesIO()
+        im.save(out, format="TIFF", compression="tiff_adobe_deflate")
+        return out.getvalue()
+
+
+def _kind_of(v: Any) -> str | None:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int" if abs(v) < 2**63 else "nested"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, str):
+        return "string"
+    if v is None:
+        return None
+    return "nested"
+
+
+def _merge_kinds(kinds: dict[str, set[str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, ks in kinds.items():
+        if not ks or "nested" in ks:
+            continue
+        if ks == {"int"}:
+            out[k] = "int"
+        elif ks <= {"int", "float"}:
+            out[k] = "float"
+        elif len(ks) == 1:
+            out[k] = next(iter(ks))
+    return out
+
+
+def _cast(v: Any, kind: str | None) -> tuple[bool, Any]:
+    if v is None:
+        return True, None
+    if kind is None:
+        return False, None
+    k = _kind_of(v)
+    if k == kind:
+        return True, v
+    if kind == "float" and k == "int":
+        return True, float(v)
+    return False, None
+
+
+def _reserved_json_keys(cfg: InterleavedReadConfig) -> set[str]:
+    keys = {cfg.texts_field, cfg.images_field, ITEM_FIELDS_KEY}
+    if cfg.sample_id_field:
+        keys.add(cfg.sample_id_field)
+    if cfg.image_member_field:
+        keys.add(cfg.image_member_field)
+    return keys
+
+
+def _is_json(name: str, cfg: InterleavedReadConfig) -> bool:
+    return name.rsplit(".", 1)[-1].lower() in cfg.json_extensions and "." in name.rsplit("/", 1)[-1]
+
+
+def _is_image(name: str, cfg: InterleavedReadConfig) -> bool:
+    return name.rsplit(".", 1)[-1].lower() in cfg.image_extensions
+
+
+def infer_fields(
+    url: str, cfg: InterleavedReadConfig, storage_options: dict[str, Any] | None = None, *, max_samples: int = 200
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Kinds of the sample-level and per-item passthrough fields, from the first samples of one shard."""
+    kinds: dict[str, set[str]] = {}
+    item_kinds: dict[str, set[str]] = {}
+    reserved = _reserved_json_keys(cfg) | set(IS.RESERVED) | set(IS.LEDGER_TYPES) | {JSON_COLUMN}
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+            n = 0
+            for m in iter_members(f, want=lambda name, size: _is_json(name, cfg) and size <= cfg.max_json_size):
+                if m.data is None:
+                    continue
+                try:
+                    doc = json.loads(m.data)
+                except ValueError:
+                    continue
+                if not isinstance(doc, dict):
+                    continue
+                for k, v in doc.items():
+                    if k in reserved:
+                        continue
+                    kind = _kind_of(v)
+                    kinds.setdefault(k, set()).update([kind] if kind else [])
+                extra = doc.get(ITEM_FIELDS_KEY)
+                if isinstance(extra, dict):
+                    for k, vals in extra.items():
+                        if k in reserved or not isinstance(vals, list):
+                            continue
+                        s = item_kinds.setdefault(k, set())
+                        s.update(kd for kd in map(_kind_of, vals) if kd)
+                n += 1
+                if n >= max_samples:
+                    break
+    except (OSError, NotATar, TarTruncated, TarCorrupt):
+        pass  # the read records what is wrong with this shard
+    return _merge_kinds(kinds), _merge_kinds(item_kinds)
+
+
+# --------------------------------------------------------------------------- one shard
+def _row(sample_id: Any, position: int, modality: str, **kw: Any) -> dict[str, Any]:
+    r = {
+        IS.SAMPLE_ID: sample_id,
+        IS.POSITION: position,
+        IS.MODALITY: modality,
+        IS.CONTENT_TYPE: None,
+        IS.TEXT_CONTENT: None,
+        IS.BINARY_CONTENT: None,
+        IS.SOURCE_REF: None,
+        IS.MATERIALIZE_ERROR: None,
+        S.STATUS: Status.OK.value,
+        S.ERROR: None,
+        S.REASON: None,
+        IS.INPUT_POSITION: position,
+    }
+    r.update(kw)
+    return r
+
+
+def _fail(row: dict[str, Any], code: ErrorCode, message: str) -> None:
+    if row[S.STATUS] != Status.ERROR.value:
+        row[S.STATUS] = Status.ERROR.value
+        row[S.ERROR] = error_text(code, message)
+
+
+class _Shard:
+    """The member index of one shard (names → members), in tar order."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.members: dict[str, TarMember] = {}
+        self.order: list[str] = []
+        self.rows: list[dict[str, Any]] = []
+
+
+def _index_shard(url: str, cfg: InterleavedReadConfig, storage_options: dict[str, Any] | None) -> _Shard:
+    sh = _Shard(url)
+
+    def want(name: str, size: int) -> bool:
+        if _is_json(name, cfg):
+            return size <= cfg.max_json_size
+        return cfg.materialize and _is_image(name, cfg) and size <= cfg.max_member_size
+
+    def shard_error(code: ErrorCode, msg: str) -> None:
+        r = _row(None, IS.UNPLACED_POSITION, "metadata", **{IS.SOURCE_REF: IS.make_ref(url)})
+        _fail(r, code, msg)
+        sh.rows.append(r)
+
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+            try:
+                for m in iter_members(f, want=want, max_read_size=max(cfg.max_json_size, cfg.max_member_size)):
+                    if m.kind != "file":
+                        continue
+                    if m.name in sh.members:
+                        shard_error(ErrorCode.DUPLICATE_KEY, f"member {m.name!r} appears twice at byte {m.offset}; the first one is used")
+                        continue
+                    sh.members[m.name] = m
+                    sh.order.append(m.name)
+            except TarTruncated as exc:
+                shard_error(ErrorCode.SHARD_TRUNCATED, f"{exc}; samples after this point are lost")
+            except TarCorrupt as exc:
+                shard_error(ErrorCode.SHARD_UNREADABLE, f"{exc}; samples after this point are lost")
+            except NotATar as exc:
+                shard_error(ErrorCode.NOT_A_TAR, f"{url}: {exc}")
+    except (OSError, ValueError) as exc:
+        shard_error(ErrorCode.SHARD_UNREADABLE, f"{url}: {type(exc).__name__}: {exc}")
+    return sh
+
+
+def _resolve(
+    tok: Any, i: int, n_image: int, doc: dict[str, Any], stem: str, sh: _Shard, cfg: InterleavedReadConfig
+) -> tuple[str | None, str]:
+    """(member name or None, explanation when None)."""
+    if isinstance(tok, str):
+        if tok in sh.members:
+            return tok, ""
+        d = stem.rsplit("/", 1)[0] + "/" if "/" in stem else ""
+        if d and d + tok in sh.members:
+            return d + tok, ""
+    if cfg.image_member_field:
+        v = doc.get(cfg.image_member_field)
+        if isinstance(v, list):
+            v = v[n_image] if n_image < len(v) else None
+        if isinstance(v, str):
+            for cand in (v, f"{stem.rsplit('/', 1)[0]}/{v}" if "/" in stem else v):
+                if cand in sh.members:
+                    return cand, ""
+            return None, f"{cfg.image_member_field!r} names member {v!r}, which is not in the shard"
+    own = [n for n in sh.members if n.startswith(stem + ".") and _is_image(n, cfg)]
+    if len(own) == 1:
+        return own[0], ""
+    if not own:
+        return None, f"image {tok!r} at position {i}: no member of that name and no image member {stem}.<ext> in the shard"
+    return None, f"image {tok!r} at position {i}: no member of that name, and {len(own)} members {stem}.* could hold it"
+
+
+def _sample_rows(
+    m: TarMember, sh: _Shard, cfg: InterleavedReadConfig, fields: dict[str, str], item_fields: dict[str, str],
+    referenced: set[str],
+) -> list[dict[str, Any]]:
+    url = sh.url
+    stem = m.name[: m.name.rfind(".")]
+    json_ref = IS.make_ref(url, m.name, m.data_offset, m.size)
+    meta = _row(None, IS.METADATA_POSITION, "metadata", **{IS.CONTENT_TYPE: "application/json", IS.SOURCE_REF: json_ref})
+    sid_default = stem.rsplit("/", 1)[-1]
+    meta[IS.SAMPLE_ID] = sid_default
+    if m.data is None:
+        _fail(meta, ErrorCode.MEMBER_TOO_LARGE, f"JSON member {m.name!r} has {m.size} bytes, over max_json_size={cfg.max_json_size}")
+        return [meta]
+    try:
+        doc = json.loads(m.data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        _fail(meta, ErrorCode.SIDECAR_INVALID, f"{m.name!r} is not valid UTF-8 JSON ({exc})")
+        return [meta]
+    if not isinstance(doc, dict):
+        _fail(meta, ErrorCode.SIDECAR_INVALID, f"{m.name!r} holds a JSON {type(doc).__name__}, expected an object")
+        return [meta]
+    sid = doc.get(cfg.sample_id_field) if cfg.sample_id_field else None
+    sid = sid if isinstance(sid, str) and sid else sid_default
+    meta[IS.SAMPLE_ID] = sid
+    texts = doc.get(cfg.texts_field)
+    images = doc.get(cfg.images_field)
+    texts = [] if texts is None else texts
+    images = [] if images is None else images
+    sample_err: str | None = None
+    if not isinstance(texts, list) or not isinstance(images, list):
+        _fail(meta, ErrorCode.SIDECAR_INVALID, f"{m.name!r}: {cfg.texts_field!r} and {cfg.images_field!r} must be lists")
+        return [meta]
+    if texts and images and len(texts) != len(images):
+        sample_err = (
+            f"{m.name!r}: {cfg.texts_field!r} has {len(texts)} entries and {cfg.images_field!r} has {len(images)}; "
+            "the lists must be parallel (null where the other modality sits), so positions are unknowable"
+        )
+    # Sample-level passthrough: typed scalars become columns, the rest stays in `json`.
+    rest: dict[str, Any] = {}
+    reserved_json = _reserved_json_keys(cfg)
+    for k, v in doc.items():
+        if k in reserved_json:
+            continue
+        ok, val = _cast(v, fields.get(k))
+        if ok and k in fields:
+            meta[k] = val
+        else:
+            rest[k] = v
+    meta[JSON_COLUMN] = json.dumps(rest, ensure_ascii=False, sort_keys=True) if rest else None
+    per_item = doc.get(ITEM_FIELDS_KEY) if isinstance(doc.get(ITEM_FIELDS_KEY), dict) else {}
+
+    rows = [meta]
+    n = max(len(texts), len(images))
+    uses: dict[str, list[dict[str, Any]]] = {}
+    n_image = 0
+    for i in range(n):
+        t = texts[i] if i < len(texts) else None
+        im = images[i] if i < len(images) else None
+        if t is not None:
+            r = _row(sid, i, "text", **{IS.CONTENT_TYPE: "text/plain", IS.SOURCE_REF: json_ref})
+            if isinstance(t, str):
+                r[IS.TEXT_CONTENT] = t
+            else:
+                _fail(r, ErrorCode.CAPTION_INVALID, f"{m.name!r}: text at position {i} is a JSON {type(t).__name__}, expected a string")
+            rows.append(r)
+        if im is not None:
+            r = _row(sid, i, "image")
+            if t is not None:
+                _fail(r, ErrorCode.SIDECAR_INVALID, f"{m.name!r}: position {i} holds both a text and an image {im!r}; the text is kept")
+                r[IS.SOURCE_REF] = json_ref
+            else:
+                member, why = _resolve(im, i, n_image, doc, stem, sh, cfg)
+                if member is None:
+                    _fail(r, ErrorCode.MISSING_MEMBER, f"{m.name!r}: {why}")
+                    r[IS.MATERIALIZE_ERROR] = why
+                    r[IS.SOURCE_REF] = json_ref
+                else:
+                    referenced.add(member)
+                    uses.setdefault(member, []).append(r)
+            n_image += 1
+            rows.append(r)
+        for k in item_fields:
+            vals = per_item.get(k)
+            if isinstance(vals, list) and i < len(vals):
+                ok, val = _cast(vals[i], item_fields[k])
+                if ok:
+                    for r in rows[-2:]:
+                        if r[IS.POSITION] == i and r[IS.MODALITY] != "metadata":
+                            r[k] = val
+    # Locators (and bytes) of the resolved images; a TIFF shared by several images gives one frame each.
+    for member, rs in uses.items():
+        tm = sh.members[member]
+        frames = len(rs) > 1 and member.rsplit(".", 1)[-1].lower() in _TIFF_EXTS
+        for fi, r in enumerate(rs):
+            r[IS.CONTENT_TYPE] = content_type_of(member)
+            r[IS.SOURCE_REF] = IS.make_ref(url, member, tm.data_offset, tm.size, frame_index=fi if frames else None)
+            if not cfg.materialize:
+                continue
+            if tm.data is None:
+                msg = f"member {member!r} has {tm.size} bytes, over max_member_size={cfg.max_member_size}"
+                r[IS.MATERIALIZE_ERROR] = msg
+                _fail(r, ErrorCode.MEMBER_TOO_LARGE, msg)
+            elif frames:
+                try:
+                    r[IS.BINARY_CONTENT] = extract_frame(tm.data, fi)
+                except IndexError as exc:
+                    r[IS.MATERIALIZE_ERROR] = f"{member!r}: {exc}"
+                    _fail(r, ErrorCode.MISSING_MEMBER, f"{member!r}: {exc}")
+                except Exception as exc:  # PIL raises many types for corrupt TIFFs
+                    r[IS.MATERIALIZE_ERROR] = f"{member!r}: {type(exc).__name__}: {exc}"
+                    _fail(r, ErrorCode.DECODE_ERROR, f"frame {fi} of {member!r} cannot be read ({type(exc).__name__}: {exc})")
+            else:
+                r[IS.BINARY_CONTENT] = tm.data
+    if sample_err is not None:
+        for r in rows:
+            _fail(r, ErrorCode.SIDECAR_INVALID, sample_err)
+    return rows
+
+
+def read_shard(
+    url: str, cfg: InterleavedReadConfig, fields: dict[str, str], item_fields: dict[str, str],
+    storage_options: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """Row dicts of one shard: samples in tar order, then unreferenced members and shard-level errors."""
+    sh = _index_shard(url, cfg, storage_options)
+    rows: list[dict[str, Any]] = []
+    referenced: set[str] = set()
+    json_names = [n for n in sh.order if _is_json(n, cfg)]
+    seen: set[str] = set()
+    for name in json_names:
+        referenced.add(name)
+        srows = _sample_rows(sh.members[name], sh, cfg, fields, item_fields, referenced)
+        sid = srows[0][IS.SAMPLE_ID]
+        if sid in seen:
+            for r in srows:
+                _fail(r, ErrorCode.DUPLICATE_KEY, f"sample_id {sid!r} appears again in {name!r}; the first one is kept")
+        seen.add(sid)
+        rows.extend(srows)
+    for name in sh.order:
+        if name in referenced:
+            continue
+        tm = sh.members[name]
+        stem = name.split(".", 1)[0]
+        owner = next((n for n in json_names if n.startswith(stem + ".")), None)
+        r = _row(stem.rsplit("/", 1)[-1] if owner else None, IS.UNPLACED_POSITION, "image" if _is_image(name, cfg) else "metadata")
+        r[IS.SOURCE_REF] = IS.make_ref(url, name, tm.data_offset, tm.size)
+        r[IS.CONTENT_TYPE] = content_type_of(name)
+        _fail(
+            r,
+            ErrorCode.SIDECAR_INVALID,
+            f"member {name!r} is not referenced by any sample's JSON"
+            + (f" (its sample {owner!r} does not list it)" if owner else " and no JSON member shares its key"),
+        )
+        rows.append(r)
+    return rows + sh.rows
+
+
+# --------------------------------------------------------------------------- frames
+def items_meta(fields: dict[str, str], item_fields: dict[str, str]) -> pd.DataFrame:
+    """The empty item table the WebDataset reader produces for these passthrough fields."""
+    extra: dict[str, Any] = {k: _KIND_DTYPES[v] for k, v in fields.items()}
+    for k, v in item_fields.items():
+        extra.setdefault(k, _KIND_DTYPES[v])
+    extra[JSON_COLUMN] = STRING
+    return IS.empty_items(extra)
+
+
+def rows_to_frame(rows: list[dict[str, Any]], meta: pd.DataFrame) -> pd.DataFrame:
+    """Row dicts → a pandas partition with ``meta``'s columns and dtypes."""
+    data = {}
+    n = len(rows)
+    for col, dtype in meta.dtypes.items():
+        values = [r.get(col) for r in rows]
+        if isinstance(dtype, pd.ArrowDtype):
+            data[col] = pd.Series(pa.array(values, type=dtype.pyarrow_dtype), dtype=dtype)
+        else:
+            data[col] = pd.Series(values if n else [], dtype=dtype)
+    return pd.DataFrame(data, index=pd.RangeIndex(n))
+
+
+def _read_partition(
+    url: str, cfg: InterleavedReadConfig, storage_options: dict[str, Any] | None, on_error: str
+) -> pd.DataFrame:
+    fields, item_fields = dict(cfg.fields), dict(cfg.item_fields)
+    rows = read_shard(url, cfg, fields, item_fields, storage_options)
+    if on_error == "raise":
+        for r in rows:
+            if r[S.STATUS] == Status.ERROR.value:
+                raise RuntimeError(
+                    f"read_interleaved_webdataset (on_error='raise'): {url}: sample {r[IS.SAMPLE_ID]!r}, "
+                    f"position {r[IS.POSITION]}: {r[S.ERROR]}"
+                )
+    return IS.sort_items(rows_to_frame(rows, items_meta(fields, item_fields)))
+
+
+def read_interleaved_webdataset(
+    urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    materialize: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    sample_id_field: str | None = "sample_id",
+    texts_field: str = "texts",
+    images_field: str = "images",
+    image_member_field: str | None = None,
+    fields: dict[str, Kind] | Literal["infer"] = "infer",
+    item_fields: dict[str, Kind] | Literal["infer"] = "infer",
+    image_extensions: Sequence[str] = ("jpg", "jpeg", "png", "tif", "tiff", "webp", "bmp", "gif"),
+    max_member_size: int = 256 << 20,
+    max_json_size: int = 16 << 20,
+    on_error: Literal["record", "raise"] = "record",
+) -> dd.DataFrame:
+    """Read MINT-1T-style WebDataset shards into an item table (one Dask partition per shard).
+
+    Parameters
+    ----------
+    urls : str, path or list
+        Local paths, globs, brace ranges, directories or fsspec URLs of ``.tar`` shards.
+    materialize : bool
+        Put image bytes in ``binary_content`` (frames of a shared multi-frame TIFF are
+        re-saved as single-frame TIFFs). Default: leave them in place; ``source_ref`` holds
+        the locator (``path``, ``member``, ``byte_offset``, ``byte_size``, ``frame_index``).
+        A failed materialisation sets ``materialize_error`` and marks the row ``error``.
+    sample_id_field : str or None
+        JSON key holding the sample id (written by our writer and NeMo Curator's); when
+        absent, the JSON member's name without extension is the id.
+    texts_field, images_field : str
+        JSON keys of the parallel lists.
+    image_member_field : str, optional
+        JSON key naming the image member(s) when the list entries are not member names.
+    fields : dict or "infer"
+        Kinds (``string``, ``int``, ``float``, ``bool``) of the top-level JSON keys that
+        become metadata-row columns; ``"infer"`` looks at the first shard. Other keys
+        (nested values, values of another kind) are kept, as one JSON object, in ``json``.
+    item_fields : dict or "infer"
+        Kinds of per-item values under the JSON key ``nf_item_fields``
+        (``{column: [value at position 0, 1, ...]}``), as our writer stores them.
+    image_extensions : sequence of str
+        Extensions of image members.
+    max_member_size, max_json_size : int
+        Caps checked from tar headers before anything is read.
+    on_error : {"record", "raise"}
+        Record problems as error rows (default) or raise on the first.
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        The item table: the reserved columns, passthrough columns, ``json``, and the ledger
+        ``nf_status``, ``nf_error``, ``nf_reason``, ``nf_input_position``; sorted by
+        (``sample_id``, ``position``) within each partition; a partition never splits a sample.
+
+    Examples
+    --------
+    Read shards, look at the documents, keep sharp images, and write Parquet:
+
+    >>> from nemo_frames.interleaved import (read_interleaved_webdataset, score_items,
+    ...     blur_filter, write_interleaved_parquet)  # doctest: +SKIP
+    >>> items = read_interleaved_webdataset("mint/{00000..00009}.tar")  # doctest: +SKIP
+    >>> items.head(8)[["sample_id", "position", "modality", "text_content"]]  # doctest: +SKIP
+    >>> items.modality.value_counts().compute()  # doctest: +SKIP
+    >>> scored = score_items(items, blur=True, qr=False)  # doctest: +SKIP
+    >>> scored[scored.modality == "image"].blur_score.describe().compute()  # doctest: +SKIP
+    >>> kept = blur_filter(scored, threshold=100.0)  # doctest: +SKIP
+    >>> kept[kept.nf_status != "ok"][["sample_id", "nf_reason"]].head()  # doctest: +SKIP
+    >>> write_interleaved_parquet(kept, "mint-parquet/")  # doctest: +SKIP
+    """
+    shards = expand_urls(urls, storage_options=storage_options)
+    cfg = InterleavedReadConfig(
+        materialize=materialize,
+        sample_id_field=sample_id_field,
+        texts_field=texts_field,
+        images_field=images_field,
+        image_member_field=image_member_field,
+        image_extensions=tuple(e.lower().lstrip(".") for e in image_extensions),
+        max_member_size=max_member_size,
+        max_json_size=max_json_size,
+    )
+    if fields == "infer" or item_fields == "infer":
+        f_inf, i_inf = infer_fields(shards[0].url, cfg, storage_options)
+        fields = f_inf if fields == "infer" else fields
+        item_fields = i_inf if item_fields == "infer" else item_fields
+    for name, kind in {**fields, **item_fields}.items():  # type: ignore[dict-item]
+        if kind not in _KIND_DTYPES:
+            raise ValueError(f"read_interleaved_webdataset: field {name!r}: kind {kind!r} is not one of {sorted(_KIND_DTYPES)}")
+        if name in IS.RESERVED or name in IS.LEDGER_TYPES or name == JSON_COLUMN:
+            raise ValueError(f"read_interleaved_webdataset: field {name!r} is a reserved item-table column; rename it")
+    cfg = dataclasses.replace(cfg, fields=tuple(sorted(fields.items())), item_fields=tuple(sorted(item_fields.items())))  # type: ignore[union-attr]
+    meta = items_meta(dict(cfg.fields), dict(cfg.item_fields))
+    return dd.from_map(
+        _read_partition,
+        [s.url for s in shards],
+        cfg=cfg,
+        storage_options=storage_options,
+        on_error=on_error,
+        meta=meta,
+        label="read-interleaved-wds",
+        enforce_metadata=False,
+    )
+
+
+# --------------------------------------------------------------------------- Parquet
+def item_types_mapper(t: pa.DataType) -> Any:
+    """Arrow → pandas dtypes for item tables: nullable integers and booleans (a column with nulls on
+    content rows must not turn into floats or objects), ``large_string`` kept as such, the rest as
+    :func:`nemo_frames.io.parquet.types_mapper`."""
+    from nemo_frames.io.parquet import types_mapper
+
+    if pa.types.is_boolean(t):
+        return pd.BooleanDtype()
+    if pa.types.is_integer(t):
+        return pd.api.types.pandas_dtype(("Int" if pa.types.is_signed_integer(t) else "UInt") + str(t.bit_width))
+    if pa.types.is_large_string(t):
+        return pd.ArrowDtype(t)
+    return types_mapper(t)
+
+
+def _table_to_items(table: pa.Table, where: str) -> pd.DataFrame:
+    from nemo_frames.ledger import ensure_ledger
+
+    df = table.to_pandas(types_mapper=item_types_mapper, ignore_metadata=True)
+    df = IS.canonicalize(df, where=where)
+    df = ensure_ledger(df)
+    if IS.INPUT_POSITION not in df.columns:
+        df[IS.INPUT_POSITION] = df[IS.POSITION]
+    return IS.canonicalize(df, where=where)
+
+
+def _read_parquet_file(path: str, columns: list[str] | None, storage_options: dict[str, Any] | None) -> pd.DataFrame:
+    with fsspec.open(path, "rb", **(storage_options or {})) as f:
+        table = pq.read_table(f, columns=columns)
+    return IS.sort_items(_table_to_items(table, f"read_interleaved_parquet({path})"))
+
+
+def read_interleaved_parquet(
+    path: str | os.PathLike[str] | Sequence[str],
+    *,
+    columns: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> dd.DataFrame:
+    """Read an item table from Parquet (ours or NeMo Curator's): one row per item, one partition per file.
+
+    Reserved columns are cast to their canonical types (``large_*`` types are kept), passthrough
+    columns come back as written, and the ledger columns are added (all ``ok``) when absent.
+    Each file must hold whole samples (both writers guarantee it).
+
+    Parameters
+    ----------
+    path : str, path or list
+        A directory of ``.parquet`` files, a glob, a file, or a list of them.
+    columns : sequence of str, optional
+        Passthrough columns to read (the reserved and ledger columns are always read).
+
+    Examples
+    --------
+    >>> items = read_interleaved_parquet("mint-parquet/")  # doctest: +SKIP
+    >>> items.groupby("sample_id").size().describe().compute()  # doctest: +SKIP
+    """
+    files = [s.url for s in expand_urls(path, storage_options=storage_options, suffixes=(".parquet",))]
+    files = [
+        f for f in files
+        if f.endswith(".parquet") and not f.endswith(".drops.parquet") and not f.rsplit("/", 1)[-1].startswith(("_", "."))
+    ]
+    if not files:
+        raise FileNotFoundError(f"read_interleaved_parquet: no .parquet file under {path!r}")
+    with fsspec.open(files[0], "rb", **(storage_options or {})) as f:
+        schema = pq.read_schema(f)
+    cols = None
+    if columns is not None:
+        keep = set(IS.RESERVED) | set(IS.LEDGER_TYPES) | set(columns)
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise ValueError(f"read_interleaved_parquet: columns {missing} are not in {files[0]} (found {schema.names})")
+        cols = [n for n in schema.names if n in keep]
+        schema = pa.schema([schema.field(n) for n in cols])
+    meta = _table_to_items(schema.empty_table(), "read_interleaved_parquet")
+    return dd.from_map(
+        _read_parquet_file, files, columns=cols, storage_options=storage_options, meta=meta,
+        label="read-interleaved-parquet", enforce_metadata=False,
+    )
+
+
+__all__ = [
+    "ITEM_FIELDS_KEY",
+    "InterleavedReadConfig",
+    "extract_frame",
+    "infer_fields",
+    "read_interleaved_parquet",
+    "read_interleaved_webdataset",
+]

@@ -1,0 +1,392 @@
+"""Writers of item tables: MINT-1T-style WebDataset shards and item-table Parquet.
+
+Both write each input partition as one *unit* through the commit protocol
+(:mod:`nemo_frames.io.commit`): files go to temporary names and are renamed, a done
+marker ``_done/{unit}.json`` is created exclusively, a rerun skips units with a
+marker (without reading their input) and refuses a different config. Output bytes
+depend only on the partition's content: GNU tar headers with fixed mtime, uid,
+gid and mode; samples in (``sample_id``) order; JSON keys in a fixed order.
+
+Only ``ok`` rows are written to the data files. Every other row goes to
+``{unit}.drops.parquet`` (``sample_id``, positions, ``modality``, ``source_ref``,
+``nf_status``, ``nf_error``, ``nf_reason``, without bytes), and the counts to
+``{unit}.stats.json`` and the run-level ``stats.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any, Literal
+from urllib.parse import quote
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nemo_frames import schema as S
+from nemo_frames.interleaved import schema as IS
+from nemo_frames.interleaved.materialize import materialize as _materialize
+from nemo_frames.interleaved.ops import ensure_item_ledger, item_counts, merge_item_counts, renumber
+from nemo_frames.interleaved.reader import ITEM_FIELDS_KEY, JSON_COLUMN
+from nemo_frames.io.commit import Committer
+from nemo_frames.schema import Status
+
+TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z, as nemo_frames.io.export: identical input → identical bytes
+_BLOCK = 512
+_RECORD = 20 * _BLOCK
+RUN_FILES = ("stats.json",)
+_EXT = {"image/jpeg": "jpg", "image/png": "png", "image/tiff": "tiff", "image/webp": "webp", "image/gif": "gif",
+        "image/bmp": "bmp", "image/avif": "avif"}
+_DROP_COLUMNS = [IS.SAMPLE_ID, IS.POSITION, IS.INPUT_POSITION, IS.MODALITY, IS.CONTENT_TYPE, IS.SOURCE_REF,
+                 IS.MATERIALIZE_ERROR, S.STATUS, S.ERROR, S.REASON]
+_NOT_PASSTHROUGH = set(IS.RESERVED) | set(IS.LEDGER_TYPES) | {JSON_COLUMN}
+
+
+def escape_id(sample_id: str) -> str:
+    """The member stem for a sample id: percent-encoding of every character but ``[A-Za-z0-9_~-]``.
+
+    NeMo Curator's writer does the same (``urllib.parse.quote(id, safe="")``) but keeps dots;
+    we encode them too (``%2E``) because WebDataset readers cut the key at the first dot of a
+    member's basename. The original id is stored in the JSON (``sample_id``).
+
+    Examples
+    --------
+    >>> escape_id("a/b:c.d")
+    'a%2Fb%3Ac%2Ed'
+    """
+    return quote(sample_id, safe="").replace(".", "%2E")
+
+
+def ext_for(content_type: Any, data: bytes | None = None) -> str:
+    """Member extension for an image item: from ``content_type``, else sniffed from the bytes, else ``bin``."""
+    ct = content_type if isinstance(content_type, str) else None
+    if ct:
+        ct = ct.split(";", 1)[0].strip().lower()
+        if ct in _EXT:
+            return _EXT[ct]
+        import mimetypes
+
+        guess = mimetypes.guess_extension(ct)
+        if guess:
+            return guess.lstrip(".").replace("jpeg", "jpg")
+    if data:
+        from nemo_frames.images.decode import sniff_format
+
+        fmt = sniff_format(data)
+        if fmt:
+            return {"JPEG": "jpg"}.get(fmt, fmt.lower())
+    return "bin"
+
+
+def _json_value(v: Any) -> Any:
+    if v is None or v is pd.NA:
+        return None
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, np.generic):
+        return _json_value(v.item())
+    if isinstance(v, (bytes, bytearray)):
+        raise TypeError("binary values cannot be written to the JSON")
+    if isinstance(v, np.ndarray):
+        return [_json_value(x) for x in v.tolist()]
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    return v
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = TAR_MTIME
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    # GNU format: DALI's tar reader rejects PAX headers; long names use GNU ././@LongLink.
+    return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "strict")
+
+
+def _tar_bytes(members: list[tuple[str, bytes]]) -> Callable[[IO[bytes]], None]:
+    def write(f: IO[bytes]) -> None:
+        pos = 0
+        for name, data in members:
+            h = _tar_header(name, len(data))
+            pad = (-len(data)) % _BLOCK
+            f.write(h)
+            f.write(data)
+            f.write(b"\0" * pad)
+            pos += len(h) + len(data) + pad
+        end = pos + 2 * _BLOCK
+        end += (-end) % _RECORD
+        f.write(b"\0" * (end - pos))
+
+    return write
+
+
+def items_to_arrow(pdf: pd.DataFrame) -> pa.Table:
+    """An item-table partition as Arrow: reserved and ledger columns with canonical types (large types kept),
+    passthrough columns as they are (pandas strings as ``string``)."""
+    canon = IS.arrow_schema_overrides()
+    arrays, fields = [], []
+    for c in pdf.columns:
+        col = pdf[c]
+        arr = pa.array(col) if isinstance(col.dtype, pd.ArrowDtype) else pa.array(col, from_pandas=True)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        want = canon.get(c)
+        if want is not None:
+            keep_large = (pa.types.is_large_string(arr.type) and pa.types.is_string(want)) and isinstance(col.dtype, pd.ArrowDtype)
+            if not keep_large and arr.type != want:
+                arr = arr.cast(want)
+        elif pa.types.is_large_string(arr.type) and not isinstance(col.dtype, pd.ArrowDtype):
+            arr = arr.cast(pa.string())  # pandas' string[pyarrow] is large_string in memory; write it as string
+        arrays.append(arr)
+        fields.append(pa.field(c, arr.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _parquet_bytes(table: pa.Table, compression: str, row_group_size: int) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression=compression, row_group_size=row_group_size)
+    return buf.getvalue()
+
+
+def _drops_bytes(pdf: pd.DataFrame) -> bytes:
+    d = pdf[pdf[S.STATUS] != Status.OK.value]
+    d = d[[c for c in _DROP_COLUMNS if c in d.columns]].reset_index(drop=True)
+    return _parquet_bytes(items_to_arrow(d), "zstd", 128_000)
+
+
+# --------------------------------------------------------------------------- WebDataset
+def sample_members(sample: pd.DataFrame, passthrough: list[str]) -> tuple[str, list[tuple[str, bytes]]]:
+    """The tar members of one sample's ``ok`` rows (images first, then the JSON) and its member stem."""
+    sid = str(sample[IS.SAMPLE_ID].iloc[0])
+    stem = escape_id(sid)
+    meta = sample[sample[IS.MODALITY] == "metadata"]
+    content = sample[(sample[IS.MODALITY] != "metadata")].sort_values(IS.POSITION, kind="stable")
+    n = int(content[IS.POSITION].max()) + 1 if len(content) else 0
+    texts: list[Any] = [None] * n
+    images: list[Any] = [None] * n
+    members: list[tuple[str, bytes]] = []
+    for pos, mod, txt, blob, ct in zip(
+        content[IS.POSITION].tolist(), content[IS.MODALITY].tolist(), content[IS.TEXT_CONTENT].tolist(),
+        content[IS.BINARY_CONTENT].tolist(), content[IS.CONTENT_TYPE].tolist(), strict=True,
+    ):
+        if mod == "text":
+            texts[pos] = None if txt is None or txt is pd.NA else str(txt)
+        elif mod == "image":
+            data = bytes(blob)
+            name = f"{stem}.{pos}.{ext_for(ct, data)}"
+            images[pos] = name
+            members.append((name, data))
+        else:
+            raise ValueError(
+                f"write_interleaved_webdataset: sample {sid!r} position {pos}: modality {mod!r} cannot be written "
+                f"(expected one of {list(IS.MODALITIES)}); filter or mark these rows first"
+            )
+    doc: dict[str, Any] = {"sample_id": sid, "texts": texts, "images": images}
+    if len(meta):
+        row = meta.iloc[0]
+        for c in passthrough:
+            v = _json_value(row[c])
+            if v is not None:
+                doc[c] = v
+        extra = row.get(JSON_COLUMN) if JSON_COLUMN in meta.columns else None
+        if isinstance(extra, str) and extra:
+            for k, v in sorted(json.loads(extra).items()):
+                doc.setdefault(k, v)
+    per_item: dict[str, list[Any]] = {}
+    for c in passthrough:
+        vals = [_json_value(v) for v in content[c].tolist()]
+        if any(v is not None for v in vals):
+            aligned: list[Any] = [None] * n
+            for pos, v in zip(content[IS.POSITION].tolist(), vals, strict=True):
+                aligned[pos] = v
+            per_item[c] = aligned
+    if per_item:
+        doc[ITEM_FIELDS_KEY] = per_item
+    members.append((f"{stem}.json", json.dumps(doc, ensure_ascii=False).encode("utf-8")))
+    return stem, members
+
+
+@dataclass
+class _Job:
+    committer: Committer
+    kind: Literal["webdataset", "parquet"]
+    samples_per_shard: int
+    materialize: bool
+    rows: Literal["ok", "all"]
+    storage_options: dict[str, Any] | None
+    compression: str
+    row_group_size: int
+
+
+def _prepare(pdf: pd.DataFrame, job: _Job) -> pd.DataFrame:
+    pdf = ensure_item_ledger(IS.canonicalize(pdf, where=f"write_interleaved_{job.kind}"))
+    if job.materialize:
+        pdf = _materialize(pdf, storage_options=job.storage_options)
+    # A failed fetch drops an item: renumber so the written sample has no hole, and drop emptied samples.
+    return IS.sort_items(renumber(pdf))
+
+
+def _write_unit(pdf: pd.DataFrame, p: int, job: _Job) -> dict[str, Any]:
+    c = job.committer
+    unit = f"{p:05d}"
+    pdf = _prepare(pdf, job)
+    counts = item_counts(pdf)
+    ok = pdf[pdf[S.STATUS] == Status.OK.value]
+    files: dict[str, Any] = {}
+    shards: list[str] = []
+    if job.kind == "webdataset":
+        passthrough = [col for col in pdf.columns if col not in _NOT_PASSTHROUGH]
+        ok = ok[ok[IS.SAMPLE_ID].notna()]
+        groups = [g for _, g in ok.groupby(IS.SAMPLE_ID, sort=True)]
+        for j in range(0, len(groups), job.samples_per_shard):
+            members: list[tuple[str, bytes]] = []
+            for g in groups[j : j + job.samples_per_shard]:
+                members.extend(sample_members(g, passthrough)[1])
+            name = f"{unit}-{j // job.samples_per_shard:04d}.tar"
+            files[name] = _tar_bytes(members)
+            shards.append(name)
+    else:
+        out = (ok if job.rows == "ok" else pdf).reset_index(drop=True)
+        files[f"{unit}.parquet"] = _parquet_bytes(items_to_arrow(out), job.compression, job.row_group_size)
+        shards.append(f"{unit}.parquet")
+    files[f"{unit}.drops.parquet"] = _drops_bytes(pdf)
+    stats = {"unit": unit, "files": shards, **counts}
+    files[f"{unit}.stats.json"] = (json.dumps(stats, sort_keys=True, indent=1) + "\n").encode("utf-8")
+    r = c.write(unit, files, counts=stats)
+    return r.marker.get("counts", stats)
+
+
+def _write(
+    df: dd.DataFrame | pd.DataFrame, path: str, job_kw: dict[str, Any], *, stage: str, config: dict[str, Any],
+    storage_options: dict[str, Any] | None, overwrite: bool,
+) -> WriteResult:
+    if isinstance(df, pd.DataFrame):
+        df = dd.from_pandas(df, npartitions=1, sort=False)
+    missing = [col for col in IS.REQUIRED if col not in df.columns]
+    if missing:
+        raise ValueError(f"{stage}: the table has no {missing} column(s); expected an item table")
+    config = {**config, "npartitions": df.npartitions, "columns": list(map(str, df.columns))}
+    committer = Committer(path, stage=stage, config=config, storage_options=storage_options, overwrite=overwrite,
+                          run_files=RUN_FILES)
+    job = _Job(committer=committer, **job_kw)
+    parts = df.to_delayed()
+    units = [f"{p:05d}" for p in range(len(parts))]
+    todo = [p for p in range(len(parts)) if not committer.done(units[p])]
+    tasks = [dask.delayed(_write_unit, pure=True)(parts[p], p, job) for p in todo]
+    dask.compute(*tasks)
+    markers = committer.markers()
+    per_unit = [markers[u]["counts"] for u in units if u in markers]
+    total = merge_item_counts(per_unit)
+    files = [f for u in per_unit for f in u["files"]]
+    run = {"config_hash": committer.config_hash, "units": len(units), "files": files, **total}
+    committer.publish("stats.json", (json.dumps(run, sort_keys=True, indent=1) + "\n").encode("utf-8"))
+    return WriteResult(path=committer.url, files=files, written=len(todo), skipped=len(units) - len(todo), stats=run)
+
+
+@dataclass
+class WriteResult:
+    """What a writer did: output URL, data files, units written now / skipped (done earlier), run stats."""
+
+    path: str
+    files: list[str]
+    written: int
+    skipped: int
+    stats: dict[str, Any]
+
+
+def write_interleaved_webdataset(
+    df: dd.DataFrame | pd.DataFrame,
+    path: str,
+    *,
+    samples_per_shard: int = 1000,
+    storage_options: dict[str, Any] | None = None,
+    read_storage_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> WriteResult:
+    """Write the ``ok`` rows of an item table as MINT-1T-style WebDataset shards.
+
+    Per sample: one member per image, ``{id}.{position}.{ext}`` (``ext`` from
+    ``content_type``), then ``{id}.json`` holding ``sample_id``, the parallel ``texts`` /
+    ``images`` lists (null where the other modality sits), the metadata row's passthrough
+    values, the keys of its ``json`` column, and per-item passthrough values under
+    ``nf_item_fields`` (lists aligned to positions). ``{id}`` is :func:`escape_id`.
+    Image bytes come from ``binary_content`` or are fetched by ``source_ref``; a row whose
+    bytes cannot be had is recorded in ``drops.parquet`` and its sample renumbered.
+
+    Output: ``{partition:05d}-{k:04d}.tar`` (at most ``samples_per_shard`` samples each,
+    in ``sample_id`` order), ``{partition:05d}.drops.parquet``, ``{partition:05d}.stats.json``,
+    ``_done/``, ``_config.json``, ``stats.json``. GNU tar, fixed mtime/uid/gid/mode:
+    identical input gives byte-identical shards. Rerunning skips partitions already done.
+
+    Examples
+    --------
+    >>> items = read_interleaved_parquet("mint-parquet/")  # doctest: +SKIP
+    >>> write_interleaved_webdataset(items, "mint-wds/", samples_per_shard=500).stats["samples_ok"]  # doctest: +SKIP
+    """
+    if samples_per_shard < 1:
+        raise ValueError(f"write_interleaved_webdataset: samples_per_shard must be >= 1, found {samples_per_shard}")
+    job = {"kind": "webdataset", "samples_per_shard": samples_per_shard, "materialize": True, "rows": "ok",
+           "storage_options": read_storage_options if read_storage_options is not None else storage_options,
+           "compression": "", "row_group_size": 0}
+    config = {"format": "interleaved-webdataset", "version": 1, "samples_per_shard": samples_per_shard,
+              "tar": {"format": "gnu", "mtime": TAR_MTIME}}
+    return _write(df, path, job, stage="write-interleaved-webdataset", config=config,
+                  storage_options=storage_options, overwrite=overwrite)
+
+
+def write_interleaved_parquet(
+    df: dd.DataFrame | pd.DataFrame,
+    path: str,
+    *,
+    materialize: bool = True,
+    rows: Literal["ok", "all"] = "ok",
+    compression: str = "snappy",
+    row_group_size: int = 128_000,
+    storage_options: dict[str, Any] | None = None,
+    read_storage_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> WriteResult:
+    """Write an item table as Parquet, one file per partition (``{partition:05d}.parquet``), one row per item.
+
+    Parameters
+    ----------
+    materialize : bool
+        Fetch missing image bytes into ``binary_content`` so the files stand alone (default,
+        as NeMo Curator's writer). ``False`` writes locators only (an index of the shards).
+    rows : {"ok", "all"}
+        Write only ``ok`` rows (default: a clean item table NeMo Curator reads), or every row
+        with its ledger columns (a checkpoint). Non-ok rows also go to ``drops.parquet``.
+    compression, row_group_size
+        Parquet options (defaults as NeMo Curator's writer).
+
+    Examples
+    --------
+    >>> items = read_interleaved_webdataset("mint/{00000..00009}.tar")  # doctest: +SKIP
+    >>> write_interleaved_parquet(items, "mint-parquet/").stats["samples_ok"]  # doctest: +SKIP
+    """
+    if rows not in ("ok", "all"):
+        raise ValueError(f"write_interleaved_parquet: rows must be 'ok' or 'all', found {rows!r}")
+    job = {"kind": "parquet", "samples_per_shard": 0, "materialize": materialize, "rows": rows,
+           "storage_options": read_storage_options if read_storage_options is not None else storage_options,
+           "compression": compression, "row_group_size": row_group_size}
+    config = {"format": "interleaved-parquet", "version": 1, "materialize": materialize, "rows": rows,
+              "compression": compression, "row_group_size": row_group_size}
+    return _write(df, path, job, stage="write-interleaved-parquet", config=config,
+                  storage_options=storage_options, overwrite=overwrite)
+
+
+__all__ = ["WriteResult", "escape_id", "ext_for", "items_to_arrow", "write_interleaved_parquet",
+           "write_interleaved_webdataset"]
