@@ -6,7 +6,7 @@
 * ``TarBuilder``: a GNU tar in memory that remembers where each member's header starts, so a test can
   corrupt exactly the bytes of one sample.
 * ``run_isolated``: run Python code in a subprocess with a timeout and report its peak RSS
-  (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) — hangs and memory blow-ups become figures, not a stuck
+  (``VmHWM``; ``ru_maxrss`` would include the parent's high-water mark) — hangs and memory blow-ups become figures, not a stuck
   test run.
 """
 
@@ -101,10 +101,16 @@ class Isolated:
         return self.rc is None
 
 
+# ru_maxrss survives exec on Linux (a child of a big parent starts with the parent's high-water mark), so
+# report VmHWM of the child's own address space, with getrusage as the fallback elsewhere.
 _RSS_TAIL = textwrap.dedent(
     """
     import resource as _r, sys as _s
-    _s.stderr.write("\\n@@peak_rss_kib=%d\\n" % _r.getrusage(_r.RUSAGE_SELF).ru_maxrss)
+    try:
+        _hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+    except Exception:
+        _hwm = _r.getrusage(_r.RUSAGE_SELF).ru_maxrss
+    _s.stderr.write("\\n@@peak_rss_kib=%d\\n" % _hwm)
     """
 )
 
