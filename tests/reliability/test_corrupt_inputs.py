@@ -92,7 +92,7 @@ def run_case(kind: str, i: int, tmp: Path, images: dict[str, bytes], goods: list
     else:
         out["recorded"] = bool(found & bad.codes) and not (mine["nf_status"] == "ok").any()
     out["found"] = sorted(c for c in found if c)
-    for j, k in enumerate(k for k in keys if not k.endswith("_x")):
+    for _j, k in enumerate(k for k in keys if not k.endswith("_x")):
         rows = df[df["key"] == k].iloc[:1]
         kept = (len(rows) == 1 and rows["nf_status"].iloc[0] == "ok"
                 and rows["content_hash"].iloc[0] == content_hash(photos[k])

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assets_dir
-from tests.reliability._battery import run_isolated, record
+from tests.reliability._battery import record, run_isolated
 from tests.reliability.corpus import _png_chunk, gif_header, jpeg_with_size, png_header
 
 DECODE_ALL = """

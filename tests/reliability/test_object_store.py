@@ -81,7 +81,7 @@ def test_racing_exports_one_winner_per_shard(make_shards, s3, tmp_path):
             with dask.config.set(scheduler="sync"):
                 results.append(write_webdataset(read_webdataset(str(src)), url, samples_per_shard=3,
                                                 storage_options=s3.storage_options, progress=False))
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=export) for _ in range(3)]

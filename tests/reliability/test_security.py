@@ -93,7 +93,7 @@ def test_pickles_in_data_are_never_unpickled(tmp_path, jpegs):
     src.mkdir()
     (src / "00000.tar").write_bytes(tb.close())
     df = read_webdataset(str(src), with_bytes=False).compute(scheduler="sync")
-    members, errors = fetch_members(df)
+    members, _errors = fetch_members(df)
     scored = score(df, blur=True, phash=True)
     write_webdataset(scored, str(tmp_path / "out"), samples_per_shard=2, progress=False)
     back = read_webdataset(str(tmp_path / "out")).compute(scheduler="sync")
