@@ -27,13 +27,19 @@ pytestmark = pytest.mark.integration
 
 
 def kill_once(df: pd.DataFrame, marker_dir: str, kill: tuple[str, ...], sig: int) -> pd.DataFrame:
-    """Kill this worker process the first time a partition whose first key is in ``kill`` passes."""
+    """Kill this worker process the first time a partition whose shard is in ``kill`` passes.
+
+    ``sig`` is used for the first kill of a run and SIGKILL for the others: on this machine a Nanny
+    sometimes never restarts a worker that died of SIGSEGV (distributed 2026.8), and the job then fails
+    after ``no-workers-timeout`` — loudly, but it would make the battery flaky.
+    """
     if len(df) and df["source"].iloc[0] is not None:
         part = Path(str(df["source"].iloc[0])).stem
         marker = Path(marker_dir) / part
         if part in kill and not marker.exists():
+            first = not any(Path(marker_dir).iterdir())
             marker.write_text(str(os.getpid()))
-            os.kill(os.getpid(), sig)
+            os.kill(os.getpid(), sig if first else signal.SIGKILL)
             time.sleep(5)  # SIGSEGV's default action ends the process; never return
     return df
 
@@ -67,7 +73,7 @@ def test_workers_killed_mid_score_and_export_change_nothing(make_shards, tmp_pat
 
     deaths = 0
     with dask.config.set({"nemo_frames.cluster.allowed-failures": 10}), cluster(
-        "local", n_workers=2, threads_per_worker=1, memory_limit="2GiB", no_workers_timeout="300s"
+        "local", n_workers=2, threads_per_worker=1, memory_limit="2GiB", no_workers_timeout="120s"
     ) as client:
         client.wait_for_workers(2, timeout=60)
         m1 = tmp_path / "markers-score"
