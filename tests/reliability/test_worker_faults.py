@@ -29,9 +29,7 @@ pytestmark = pytest.mark.integration
 def kill_once(df: pd.DataFrame, marker_dir: str, kill: tuple[str, ...], sig: int) -> pd.DataFrame:
     """Kill this worker process the first time a partition whose shard is in ``kill`` passes.
 
-    ``sig`` is used for the first kill of a run and SIGKILL for the others: on this machine a Nanny
-    sometimes never restarts a worker that died of SIGSEGV (distributed 2026.8), and the job then fails
-    after ``no-workers-timeout`` — loudly, but it would make the battery flaky.
+    ``sig`` is used for the first kill of a run and SIGKILL for the others.
     """
     if len(df) and df["source"].iloc[0] is not None:
         part = Path(str(df["source"].iloc[0])).stem
@@ -39,6 +37,13 @@ def kill_once(df: pd.DataFrame, marker_dir: str, kill: tuple[str, ...], sig: int
         if part in kill and not marker.exists():
             first = not any(Path(marker_dir).iterdir())
             marker.write_text(str(os.getpid()))
+            if sig == signal.SIGSEGV and first:
+                import ctypes
+
+                # A real segfault (a read at address 0), as distributed.chaos.KillWorker(mode="segfault") does:
+                # os.kill(SIGSEGV) can be caught by a handler in the worker, which then lingers until the Nanny
+                # kills it and, being "closing", is not restarted.
+                ctypes.string_at(0)
             os.kill(os.getpid(), sig if first else signal.SIGKILL)
             time.sleep(5)  # SIGSEGV's default action ends the process; never return
     return df
