@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from nemo_frames import schema as S
 from nemo_frames.interleaved import schema as IS
+from nemo_frames.io.jsonsafe import loads_strict
 from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members
 from nemo_frames.io.urls import expand_urls
 from nemo_frames.ledger import STRING
@@ -200,7 +201,7 @@ def infer_fields(
                 if m.data is None:
                     continue
                 try:
-                    doc = json.loads(m.data)
+                    doc = loads_strict(m.data)
                 except ValueError:
                     continue
                 if not isinstance(doc, dict):
@@ -339,8 +340,8 @@ def _sample_rows(
         _fail(meta, ErrorCode.MEMBER_TOO_LARGE, f"JSON member {m.name!r} has {m.size} bytes, over max_json_size={cfg.max_json_size}")
         return [meta]
     try:
-        doc = json.loads(m.data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        doc = loads_strict(m.data)
+    except ValueError as exc:
         _fail(meta, ErrorCode.SIDECAR_INVALID, f"{m.name!r} is not valid UTF-8 JSON ({exc})")
         return [meta]
     if not isinstance(doc, dict):

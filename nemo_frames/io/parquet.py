@@ -147,22 +147,83 @@ def write_parquet(
     )
 
 
+def _parquet_files(path: str | Sequence[str], storage_options: dict[str, Any] | None) -> tuple[Any, list[str]]:
+    import fsspec
+
+    fs, _, paths = fsspec.get_fs_token_paths(path, storage_options=storage_options)
+    files: list[str] = []
+    for p in paths:
+        if fs.isdir(p):
+            files += sorted(
+                f for f in fs.find(p)
+                if f.endswith(".parquet") and not any(part.startswith(("_", ".")) for part in f[len(p):].split("/") if part)
+            )
+        else:
+            files.append(p)
+    return fs, files
+
+
+def check_parquet_files(
+    path: str | os.PathLike[str] | Sequence[str], *, storage_options: dict[str, Any] | None = None
+) -> int:
+    """Read every file's footer and check that all schemas match the first; return the number of files.
+
+    Dask reads footers lazily, so without this a corrupt file fails mid-job with pyarrow's
+    "Parquet magic bytes not found" (no file name), and a file with another schema is silently
+    concatenated (mixed column types, or missing columns filled with nulls).
+
+    Raises
+    ------
+    ValueError
+        Naming the file, and for a schema mismatch the column, the expected and the found type.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    path = os.fspath(path) if isinstance(path, os.PathLike) else path
+    fs, files = _parquet_files(path, storage_options)
+
+    def schema_of(f: str) -> pa.Schema:
+        try:
+            with fs.open(f, "rb") as fh:
+                return pq.read_schema(fh)
+        except Exception as exc:
+            raise ValueError(
+                f"read_parquet: {f} is not a readable Parquet file ({type(exc).__name__}: {exc}); "
+                "it is corrupt or truncated — remove it or write it again"
+            ) from exc
+
+    with ThreadPoolExecutor(8) as pool:
+        schemas = list(pool.map(schema_of, files))
+    if not schemas:
+        return 0
+    first = schemas[0].remove_metadata()
+    for f, sch in zip(files[1:], schemas[1:], strict=True):
+        sch = sch.remove_metadata()
+        if sch.equals(first):
+            continue
+        a, b = dict(zip(first.names, first.types, strict=True)), dict(zip(sch.names, sch.types, strict=True))
+        diffs = [f"column {c!r}: expected {a[c]}, found {b.get(c, 'no such column')}" for c in a if a[c] != b.get(c)]
+        diffs += [f"column {c!r}: not in {files[0]}" for c in b if c not in a]
+        raise ValueError(
+            f"read_parquet: {f} has another schema than {files[0]}: {'; '.join(diffs[:5])}; "
+            "write all files of a table with the same schema (or read them separately)"
+        )
+    return len(files)
+
+
 def _data_files(path: Any, storage_options: dict[str, Any] | None) -> Any:
-    """A directory becomes its ``*.parquet`` files, leaving out ``_``/``.``-prefixed ones.
+    """A directory becomes its data files (``_``/``.``-prefixed ones left out, see :func:`_parquet_files`).
 
     Export writes run-level files (``_errors.parquet``) beside the shards, and temporaries
     start with a dot; Spark and pyarrow datasets skip both by the same rule.
     """
     if not isinstance(path, str):
         return path
-    from fsspec.core import url_to_fs
-
-    fs, p = url_to_fs(path, **(storage_options or {}))
-    if not fs.isdir(p):
+    fs, files = _parquet_files(path, storage_options)
+    if not fs.isdir(fs._strip_protocol(path)):
         return path
-    files = sorted(
-        f for f in fs.find(p) if f.endswith(".parquet") and not any(part[:1] in "_." for part in f[len(p) :].split("/") if part)
-    )
     if not files:
         raise FileNotFoundError(f"read_parquet: no *.parquet data files under {path!r}")
     return [fs.unstrip_protocol(f) if "://" in path else f for f in files]
@@ -174,6 +235,7 @@ def read_parquet(
     columns: Sequence[str] | None = None,
     storage_options: dict[str, Any] | None = None,
     embedding_dim: int | None = None,
+    check_files: bool = True,
     **kwargs: Any,
 ) -> dd.DataFrame:
     """Read Parquet written by :func:`write_parquet` (or by other tools) into a Dask dataframe.
@@ -186,8 +248,14 @@ def read_parquet(
     embedding_dim : int, optional
         Check that ``embedding`` rows have this dimension (on the first partition's first row),
         and raise naming the column, the expected and the found dimension.
+    check_files : bool
+        Read every file's footer first (see :func:`check_parquet_files`): a corrupt file or one with
+        another schema raises a ``ValueError`` naming it, before any work is scheduled.
     """
-    path = _data_files(os.fspath(path) if isinstance(path, os.PathLike) else path, storage_options)
+    path = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if check_files:
+        check_parquet_files(path, storage_options=storage_options)
+    path = _data_files(path, storage_options)
     if dask.config.get("dataframe.backend", "pandas") == "cudf":
         ddf = dd.read_parquet(path, columns=columns, storage_options=storage_options, **kwargs)
     else:

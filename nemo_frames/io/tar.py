@@ -97,8 +97,8 @@ def _skip(f: BinaryIO, n: int, seekable: bool) -> int:
         return 0
     if seekable:
         pos = f.tell()
-        f.seek(pos + n)
-        # Seeking past EOF succeeds silently; detect it by reading back the position limit.
+        # Never seek past the end: a forged size (up to 2**95 in base-256) makes seek raise EINVAL, and
+        # past-EOF seeks succeed silently anyway. Clamp to the end and report how much was there.
         end = f.seek(0, 2)
         f.seek(min(pos + n, end))
         return min(n, end - pos)

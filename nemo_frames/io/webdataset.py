@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from nemo_frames import schema as S
+from nemo_frames.io.jsonsafe import loads_strict
 from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members
 from nemo_frames.io.urls import expand_urls, group_shards
 from nemo_frames.ledger import STRING
@@ -197,12 +198,14 @@ def _sample_row(sample: _Sample, source: str, cfg: ScanConfig, fields: dict[str,
                 f"sidecar {json_m.name!r} has {json_m.size} bytes, over max_sidecar_size={cfg.max_sidecar_size}",
             )
         else:
+            parsed = True
             try:
-                doc = json.loads(json_m.data.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as exc:
+                doc = loads_strict(json_m.data)
+            except ValueError as exc:
                 err = err or error_text(ErrorCode.SIDECAR_INVALID, f"{json_m.name!r} is not valid JSON ({exc})")
                 doc = None
-            if doc is not None and not isinstance(doc, dict):
+                parsed = False
+            if parsed and not isinstance(doc, dict):
                 err = err or error_text(
                     ErrorCode.SIDECAR_INVALID, f"{json_m.name!r} holds a JSON {type(doc).__name__}, expected an object"
                 )
@@ -306,6 +309,12 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
             except NotATar as exc:
                 rows.append(_error_row(url, ErrorCode.NOT_A_TAR, f"{url}: {exc}"))
     except (OSError, ValueError) as exc:
+        # A read error mid-stream: the sample being read may be incomplete; record it, never drop it.
+        if current is not None:
+            current.error = current.error or error_text(
+                ErrorCode.SHARD_UNREADABLE, f"reading the shard failed inside or right after this sample ({exc})"
+            )
+        close()
         rows.append(_error_row(url, ErrorCode.SHARD_UNREADABLE, f"{url}: {type(exc).__name__}: {exc}"))
     return [_sample_row(s, url, cfg, fields) for s in samples] + rows
 
@@ -372,7 +381,7 @@ def infer_fields(
                 if m.data is None:
                     continue
                 try:
-                    doc = json.loads(m.data)
+                    doc = loads_strict(m.data)
                 except ValueError:
                     continue
                 if not isinstance(doc, dict):
