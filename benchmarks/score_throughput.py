@@ -72,6 +72,12 @@ def bare_loop(model_name: str, precision: str, jpegs: list[bytes], batch: int, t
         return len(x) / (time.perf_counter() - t)
 
 
+def _load_model(clip: dict) -> None:
+    from nemo_frames.models.clip import get_embedder
+
+    get_embedder(**clip)
+
+
 def fused(model_name: str, precision: str, shards: Path, batch: int, workers: int, n: int) -> float:
     from nemo_frames.cluster import get_client
     from nemo_frames.io.webdataset import read_webdataset
@@ -81,11 +87,8 @@ def fused(model_name: str, precision: str, shards: Path, batch: int, workers: in
     clip = {"model": model_name, "pretrained": None, "device": "cpu", "precision": precision, "batch_size": batch, "threads": threads}
     with get_client("local", n_workers=workers, threads_per_worker=1, torch_threads=threads) as client:
         df = read_webdataset(str(shards / "*.tar"))
-        # Warm-up: load the model on every worker (a real run loads it once per worker too).
-        warm = score(df.partitions[0].head(2, compute=False), clip=clip, blur=False, phash=False, content_hash=False)
-        client.run(lambda: None)
-        futs = [client.compute(warm) for _ in range(workers)]
-        [f.result() for f in futs]
+        # Warm-up: load the model on every worker (a real run loads it once per worker, then reuses it).
+        client.run(_load_model, clip)
         t = time.perf_counter()
         out = client.compute(score(df, clip=clip, blur=False, phash=False, content_hash=False)).result()
         dt = time.perf_counter() - t
