@@ -589,7 +589,10 @@ def get_client(
             lc = distributed.LocalCluster(
                 n_workers=plan["n_workers"],
                 threads_per_worker=plan["threads_per_worker"],
-                memory_limit=plan["memory_limit"],
+                # In-process (thread) workers share this process's memory: Dask would compare the
+                # whole process's RSS (driver, loaded models) with one worker's limit and pause the
+                # worker for good. A per-worker limit only means something for worker processes.
+                memory_limit=plan["memory_limit"] if processes or memory_limit is not None else 0,
                 processes=processes,
                 dashboard_address=dash,
                 **extra,

@@ -33,7 +33,7 @@ def test_identical_across_reruns_and_worker_counts(make_shards, tmp_path):
         with dask.config.set(scheduler="sync"):
             runs[label] = _run(src, tmp_path / label)
     for n in (1, 2, 4):
-        with cluster("local", n_workers=n, threads_per_worker=1, processes=False, memory_limit="2GiB") as client:
+        with cluster("local", n_workers=n, threads_per_worker=1, processes=False) as client:
             client.wait_for_workers(n, timeout=60)
             runs[f"{n}-workers"] = _run(src, tmp_path / f"w{n}")
     ref_table, ref_digest = runs["sync-1"]
