@@ -43,8 +43,22 @@ class FilterError(ValueError):
     """A filter cannot run on this table (missing column, bad operator)."""
 
 
+class _MaskFilter:
+    """Shared stage plumbing: a subclass provides ``keep(df) -> (mask, reasons)``."""
+
+    def keep(self, df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+        raise NotImplementedError
+
+    def transform(self, df: pd.DataFrame) -> pd.DataFrame:
+        keep, reason = self.keep(df)
+        return mark_filtered(df, keep, reason)
+
+    def meta(self, meta: pd.DataFrame) -> pd.DataFrame:
+        return ensure_ledger(meta)
+
+
 @dataclass(frozen=True)
-class Threshold:
+class Threshold(_MaskFilter):
     """Keep rows where ``column <op> value``; record the others as filtered.
 
     Parameters
@@ -103,16 +117,9 @@ class Threshold:
             reason[bad] = txt
         return keep, reason
 
-    def transform(self, df: pd.DataFrame) -> pd.DataFrame:
-        keep, reason = self.keep(df)
-        return mark_filtered(df, keep, reason)
-
-    def meta(self, meta: pd.DataFrame) -> pd.DataFrame:
-        return ensure_ledger(meta)
-
 
 @dataclass(frozen=True)
-class Query:
+class Query(_MaskFilter):
     """Keep rows matching a pandas query string (``"width >= 256 and caption.str.len() > 3"``).
 
     Examples
@@ -143,16 +150,9 @@ class Query:
         reason[~keep] = f"{self.label}: not ({self.expr})"
         return keep, reason
 
-    def transform(self, df: pd.DataFrame) -> pd.DataFrame:
-        keep, reason = self.keep(df)
-        return mark_filtered(df, keep, reason)
-
-    def meta(self, meta: pd.DataFrame) -> pd.DataFrame:
-        return ensure_ledger(meta)
-
 
 @dataclass(frozen=True)
-class MinSize:
+class MinSize(_MaskFilter):
     """Keep images whose shorter side is at least ``min_side`` pixels (and, optionally, aspect ≤ ``max_aspect``)."""
 
     min_side: int = 0
@@ -183,13 +183,6 @@ class MinSize:
             for a, b, s in zip(w[bad], h[bad], short[bad], strict=True)
         ]
         return keep, reason
-
-    def transform(self, df: pd.DataFrame) -> pd.DataFrame:
-        keep, reason = self.keep(df)
-        return mark_filtered(df, keep, reason)
-
-    def meta(self, meta: pd.DataFrame) -> pd.DataFrame:
-        return ensure_ledger(meta)
 
 
 Filter = Threshold | Query | MinSize

@@ -25,16 +25,12 @@ _CANONICAL = {**S.SAMPLE_ARROW_TYPES, **S.ITEM_ARROW_TYPES}
 
 
 def types_mapper(t: pa.DataType) -> Any:
-    """Arrow → pandas dtype for reading: ArrowDtype for lists and binaries, ``string[pyarrow]`` for strings."""
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        return pd.ArrowDtype(t)
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return pd.ArrowDtype(t)
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return pd.StringDtype("pyarrow")
+    """Arrow → pandas dtype for reading: ArrowDtype for lists, binaries and nested types,
+    ``string[pyarrow]`` for strings, pyarrow's own default (None) for flat numerics."""
     if pa.types.is_struct(t) or pa.types.is_map(t):
         return pd.ArrowDtype(t)
-    return None
+    dtype = S.arrow_dtype(t)
+    return dtype if isinstance(dtype, pd.api.extensions.ExtensionDtype) else None
 
 
 def canonical_schema(df: pd.DataFrame, overrides: dict[str, pa.DataType] | None = None) -> pa.Schema:
