@@ -96,9 +96,20 @@ def merge_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def errors_table(df: Any) -> Any:
-    """The errored rows (pandas or Dask frame), with an ``error_code`` column for grouping."""
-    err = df[df[STATUS] == Status.ERROR.value]
-    meta_str = STRING
-    return err.assign(
-        error_code=err[ERROR].map(error_code, meta=(ERROR, meta_str)) if hasattr(err, "dask") else err[ERROR].map(error_code).astype(meta_str)
-    )
+    """The errored rows of a pandas or Dask frame, with an ``error_code`` column for grouping.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = mark_error(pd.DataFrame({"key": ["a", "b"]}), [False, True], "decode_error", "bad bytes")
+    >>> errors_table(df)[["key", "error_code"]].values.tolist()
+    [['b', 'decode_error']]
+    """
+
+    def add_code(p: pd.DataFrame) -> pd.DataFrame:
+        p = p[p[STATUS] == Status.ERROR.value]
+        return p.assign(error_code=p[ERROR].map(error_code).astype(STRING))
+
+    if isinstance(df, pd.DataFrame):
+        return add_code(df)
+    return df.map_partitions(add_code, meta=add_code(df._meta))
