@@ -39,6 +39,7 @@ from nemo_frames.interleaved import schema as IS
 from nemo_frames.io.jsonsafe import loads_strict
 from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members
 from nemo_frames.io.urls import expand_urls
+from nemo_frames.io.webdataset import rows_to_frame
 from nemo_frames.ledger import STRING
 from nemo_frames.schema import ErrorCode, Status, error_text
 
@@ -502,19 +503,6 @@ def items_meta(fields: dict[str, str], item_fields: dict[str, str]) -> pd.DataFr
         extra.setdefault(k, _KIND_DTYPES[v])
     extra[JSON_COLUMN] = STRING
     return IS.empty_items(extra)
-
-
-def rows_to_frame(rows: list[dict[str, Any]], meta: pd.DataFrame) -> pd.DataFrame:
-    """Row dicts → a pandas partition with ``meta``'s columns and dtypes."""
-    data = {}
-    n = len(rows)
-    for col, dtype in meta.dtypes.items():
-        values = [r.get(col) for r in rows]
-        if isinstance(dtype, pd.ArrowDtype):
-            data[col] = pd.Series(pa.array(values, type=dtype.pyarrow_dtype), dtype=dtype)
-        else:
-            data[col] = pd.Series(values if n else [], dtype=dtype)
-    return pd.DataFrame(data, index=pd.RangeIndex(n))
 
 
 def _read_partition(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Literal
@@ -37,9 +36,9 @@ from nemo_frames.interleaved.materialize import materialize as _materialize
 from nemo_frames.interleaved.ops import ensure_item_ledger, item_counts, merge_item_counts, renumber
 from nemo_frames.interleaved.reader import ITEM_FIELDS_KEY, JSON_COLUMN
 from nemo_frames.io.commit import Committer
+from nemo_frames.io.export import TAR_MTIME, tar_header
 from nemo_frames.schema import Status
 
-TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z, as nemo_frames.io.export: identical input → identical bytes
 _BLOCK = 512
 _RECORD = 20 * _BLOCK
 RUN_FILES = ("stats.json",)
@@ -104,23 +103,11 @@ def _json_value(v: Any) -> Any:
     return v
 
 
-def _tar_header(name: str, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = TAR_MTIME
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.type = tarfile.REGTYPE
-    # GNU format: DALI's tar reader rejects PAX headers; long names use GNU ././@LongLink.
-    return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "strict")
-
-
 def _tar_bytes(members: list[tuple[str, bytes]]) -> Callable[[IO[bytes]], None]:
     def write(f: IO[bytes]) -> None:
         pos = 0
         for name, data in members:
-            h = _tar_header(name, len(data))
+            h = tar_header(name, len(data))
             pad = (-len(data)) % _BLOCK
             f.write(h)
             f.write(data)

@@ -109,7 +109,7 @@ def safe_key(key: str) -> str:
     return f"{base}_{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
 
 
-def _tar_header(name: str, size: int) -> bytes:
+def tar_header(name: str, size: int) -> bytes:
     """The GNU tar header of a regular member (with ``././@LongLink`` blocks for names over 100 bytes)."""
     raw = name.encode("utf-8")
     if len(raw) <= 100 and size < 8**11:
@@ -185,7 +185,7 @@ def _plan(keys: Sequence[str], blobs: Sequence[Mapping[str, bytes | memoryview] 
         for ext, data in items.items() if isinstance(items, Mapping) else items:
             name = f"{key}.{ext}"
             size = len(data)
-            header = _tar_header(name, size)
+            header = tar_header(name, size)
             off = pos + len(header)
             row.append((ext, header, off, size))
             idx.append(f"{ext} {off} {size} {name}")

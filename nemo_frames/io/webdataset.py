@@ -341,7 +341,8 @@ def _meta(cfg: ScanConfig, fields: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series([], dtype=t) for c, t in cols.items()})
 
 
-def _frame(rows: list[dict[str, Any]], meta: pd.DataFrame) -> pd.DataFrame:
+def rows_to_frame(rows: list[dict[str, Any]], meta: pd.DataFrame) -> pd.DataFrame:
+    """Row dicts → a pandas partition with ``meta``'s columns and dtypes (missing keys are null)."""
     data = {}
     n = len(rows)
     for col, dtype in meta.dtypes.items():
@@ -365,7 +366,7 @@ def _scan_partition(
         for r in rows:
             if r[S.STATUS] == Status.ERROR.value:
                 raise ShardScanError(f"read_webdataset (on_error='raise'): {r[S.SOURCE]}: key {r[S.KEY]!r}: {r[S.ERROR]}")
-    return _frame(rows, _meta(cfg, fields))
+    return rows_to_frame(rows, _meta(cfg, fields))
 
 
 def infer_fields(

@@ -507,13 +507,13 @@ def test_round_trip_wds_table_parquet_table_wds(make_shards, tmp_path):
 
 
 def test_fast_tar_header_is_byte_identical_to_tarfile():
-    from nemo_frames.io.export import _tar_header, _tar_header_slow
+    from nemo_frames.io.export import _tar_header_slow, tar_header
 
     cases = [("a.jpg", 0), ("000001.jpg", 22710), ("x" * 96 + ".jpg", 1), ("x" * 97 + ".jpg", 5),
              ("ü.txt", 8**11 - 1), ("k.json", 8**11), ("k.seg.png", 123456789)]
     cases += [(f"{i * 7919}.{('jpg', 'txt', 'json')[i % 3]}", i * 104729) for i in range(300)]
     for name, size in cases:
-        assert _tar_header(name, size) == _tar_header_slow(name, size), (name, size)
+        assert tar_header(name, size) == _tar_header_slow(name, size), (name, size)
 
 
 # ------------------------------------------------------------------ write path (zero-copy views + writev) and checksums
