@@ -14,7 +14,7 @@ import fsspec
 import pytest
 
 from nemo_frames.io.fetch import fetch_members
-from nemo_frames.io.webdataset import ScanConfig, _frame, _meta, scan_shard
+from nemo_frames.io.webdataset import ScanConfig, _meta, rows_to_frame, scan_shard
 from nemo_frames.schema import error_code
 from tests.reliability._battery import TarBuilder, record
 
@@ -43,7 +43,7 @@ def check_cut(data: bytes, cut: int, expected: dict, url: str) -> dict:
         f.write(data[:cut])
     cfg = ScanConfig()
     rows = scan_shard(url, cfg, {}, None)
-    df = _frame(rows, _meta(cfg, {}))
+    df = rows_to_frame(rows, _meta(cfg, {}))
     ok = df[df["nf_status"] == "ok"]
     members, errors = fetch_members(ok)
     res = {"crash": False, "silent": False, "lost": 0, "kept": len(ok), "why": ""}
