@@ -39,7 +39,7 @@ from nemo_frames.interleaved import schema as IS
 from nemo_frames.io.jsonsafe import loads_strict
 from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members
 from nemo_frames.io.urls import expand_urls
-from nemo_frames.io.webdataset import rows_to_frame
+from nemo_frames.io.webdataset import iter_json_sidecars, json_kind, merge_kinds, rows_to_frame
 from nemo_frames.ledger import STRING
 from nemo_frames.schema import ErrorCode, Status, error_text
 
@@ -130,40 +130,12 @@ def extract_frame(data: bytes, frame_index: int, *, compression: str = FRAME_COM
     return res
 
 
-def _kind_of(v: Any) -> str | None:
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "int" if abs(v) < 2**63 else "nested"
-    if isinstance(v, float):
-        return "float"
-    if isinstance(v, str):
-        return "string"
-    if v is None:
-        return None
-    return "nested"
-
-
-def _merge_kinds(kinds: dict[str, set[str]]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, ks in kinds.items():
-        if not ks or "nested" in ks:
-            continue
-        if ks == {"int"}:
-            out[k] = "int"
-        elif ks <= {"int", "float"}:
-            out[k] = "float"
-        elif len(ks) == 1:
-            out[k] = next(iter(ks))
-    return out
-
-
 def _cast(v: Any, kind: str | None) -> tuple[bool, Any]:
     if v is None:
         return True, None
     if kind is None:
         return False, None
-    k = _kind_of(v)
+    k = json_kind(v)
     if k == kind:
         return True, v
     if kind == "float" and k == "int":
@@ -195,36 +167,26 @@ def infer_fields(
     kinds: dict[str, set[str]] = {}
     item_kinds: dict[str, set[str]] = {}
     reserved = _reserved_json_keys(cfg) | set(IS.RESERVED) | set(IS.LEDGER_TYPES) | {JSON_COLUMN}
-    try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
-            n = 0
-            for m in iter_members(f, want=lambda name, size: _is_json(name, cfg) and size <= cfg.max_json_size):
-                if m.data is None:
+    docs = iter_json_sidecars(
+        url,
+        lambda name: _is_json(name, cfg),
+        max_size=cfg.max_json_size,
+        storage_options=storage_options,
+        max_samples=max_samples,
+    )
+    for doc in docs:
+        for k, v in doc.items():
+            if k in reserved:
+                continue
+            kind = json_kind(v)
+            kinds.setdefault(k, set()).update([kind] if kind else [])
+        extra = doc.get(ITEM_FIELDS_KEY)
+        if isinstance(extra, dict):
+            for k, vals in extra.items():
+                if k in reserved or not isinstance(vals, list):
                     continue
-                try:
-                    doc = loads_strict(m.data)
-                except ValueError:
-                    continue
-                if not isinstance(doc, dict):
-                    continue
-                for k, v in doc.items():
-                    if k in reserved:
-                        continue
-                    kind = _kind_of(v)
-                    kinds.setdefault(k, set()).update([kind] if kind else [])
-                extra = doc.get(ITEM_FIELDS_KEY)
-                if isinstance(extra, dict):
-                    for k, vals in extra.items():
-                        if k in reserved or not isinstance(vals, list):
-                            continue
-                        s = item_kinds.setdefault(k, set())
-                        s.update(kd for kd in map(_kind_of, vals) if kd)
-                n += 1
-                if n >= max_samples:
-                    break
-    except (OSError, NotATar, TarTruncated, TarCorrupt):
-        pass  # the read records what is wrong with this shard
-    return _merge_kinds(kinds), _merge_kinds(item_kinds)
+                item_kinds.setdefault(k, set()).update(kd for kd in map(json_kind, vals) if kd)
+    return merge_kinds(kinds), merge_kinds(item_kinds)
 
 
 # --------------------------------------------------------------------------- one shard

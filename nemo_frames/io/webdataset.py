@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import dask.dataframe as dd
@@ -369,44 +369,23 @@ def _scan_partition(
     return rows_to_frame(rows, _meta(cfg, fields))
 
 
-def infer_fields(
-    shard: str, cfg: ScanConfig, storage_options: dict[str, Any] | None, *, max_samples: int = 200
-) -> dict[str, str]:
-    """Infer sidecar field types ("string", "int", "float", "bool") from the JSON of one shard's first samples."""
-    kinds: dict[str, set[str]] = {}
-    reserved = set(S.SAMPLE_ARROW_TYPES) | {S.REASON}
-    try:
-        with fsspec.open(shard, "rb", **(storage_options or {})) as f:
-            n = 0
-            for m in iter_members(f, want=lambda name, size: name.rsplit(".", 1)[-1].lower() in cfg.json_extensions and size <= cfg.max_sidecar_size):
-                if m.data is None:
-                    continue
-                try:
-                    doc = loads_strict(m.data)
-                except ValueError:
-                    continue
-                if not isinstance(doc, dict):
-                    continue
-                for k, v in doc.items():
-                    if k in reserved or not isinstance(k, str) or not k.isidentifier():
-                        continue
-                    if isinstance(v, bool):
-                        kinds.setdefault(k, set()).add("bool")
-                    elif isinstance(v, int):
-                        kinds.setdefault(k, set()).add("int")
-                    elif isinstance(v, float):
-                        kinds.setdefault(k, set()).add("float")
-                    elif isinstance(v, str):
-                        kinds.setdefault(k, set()).add("string")
-                    elif v is None:
-                        kinds.setdefault(k, set())
-                    else:
-                        kinds.setdefault(k, set()).add("nested")
-                n += 1
-                if n >= max_samples:
-                    break
-    except (OSError, NotATar, TarTruncated, TarCorrupt):
-        pass  # the scan itself records what is wrong with this shard
+def json_kind(v: Any) -> str | None:
+    """The field kind of a JSON value: "bool", "int", "float", "string", "nested", or None for null."""
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int" if abs(v) < 2**63 else "nested"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, str):
+        return "string"
+    if v is None:
+        return None
+    return "nested"
+
+
+def merge_kinds(kinds: dict[str, set[str]]) -> dict[str, str]:
+    """One kind per field from the kinds seen: ints and floats make "float"; nested or mixed fields are left out."""
     out: dict[str, str] = {}
     for k, ks in kinds.items():
         if not ks or "nested" in ks:
@@ -415,11 +394,64 @@ def infer_fields(
             out[k] = "int"
         elif ks <= {"int", "float"}:
             out[k] = "float"
-        elif ks == {"bool"}:
-            out[k] = "bool"
-        elif ks == {"string"}:
-            out[k] = "string"
+        elif len(ks) == 1:
+            out[k] = next(iter(ks))
     return out
+
+
+def iter_json_sidecars(
+    url: str,
+    is_json: Any,
+    *,
+    max_size: int,
+    storage_options: dict[str, Any] | None = None,
+    max_samples: int = 200,
+) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a shard's first ``max_samples`` sidecars (``is_json(name)`` picks them).
+
+    Invalid JSON, non-objects and oversized members are skipped, and a broken shard just ends
+    the iteration: this only samples field types; the scan itself records what is wrong.
+    """
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+            n = 0
+            for m in iter_members(f, want=lambda name, size: is_json(name) and size <= max_size):
+                if m.data is None:
+                    continue
+                try:
+                    doc = loads_strict(m.data)
+                except ValueError:
+                    continue
+                if not isinstance(doc, dict):
+                    continue
+                yield doc
+                n += 1
+                if n >= max_samples:
+                    return
+    except (OSError, NotATar, TarTruncated, TarCorrupt):
+        return
+
+
+def infer_fields(
+    shard: str, cfg: ScanConfig, storage_options: dict[str, Any] | None, *, max_samples: int = 200
+) -> dict[str, str]:
+    """Infer sidecar field types ("string", "int", "float", "bool") from the JSON of one shard's first samples."""
+    kinds: dict[str, set[str]] = {}
+    reserved = set(S.SAMPLE_ARROW_TYPES) | {S.REASON}
+    docs = iter_json_sidecars(
+        shard,
+        lambda name: name.rsplit(".", 1)[-1].lower() in cfg.json_extensions,
+        max_size=cfg.max_sidecar_size,
+        storage_options=storage_options,
+        max_samples=max_samples,
+    )
+    for doc in docs:
+        for k, v in doc.items():
+            if k in reserved or not isinstance(k, str) or not k.isidentifier():
+                continue
+            kind = json_kind(v)
+            kinds.setdefault(k, set()).update([kind] if kind else [])
+    return merge_kinds(kinds)
 
 
 def read_webdataset(
