@@ -127,6 +127,9 @@ class ScoreSection:
     checkpoint : bool
         Write the scored table under ``<output>/scored/`` (one Parquet per partition, commit
         protocol) so a rerun skips partitions already scored.
+    prefetch : bool
+        Decode the next CLIP batch in a helper thread while the model runs. Does not change any
+        result; turn it off only to keep a worker to exactly one busy thread.
     """
 
     clip: ClipSection | None = field(default_factory=ClipSection)
@@ -139,6 +142,7 @@ class ScoreSection:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     batch_size: int = 64
     checkpoint: bool = True
+    prefetch: bool = True
 
 
 @dataclass

@@ -148,6 +148,7 @@ def plan_score(cfg: PipelineConfig) -> ScorePlan:
         "qr": sc.qr,
         "phash": sc.phash,
         "content_hash": sc.content_hash,
+        "prefetch": sc.prefetch,
         "storage_options": cfg.input.storage_options or None,
     }
     plan = ScorePlan(kw)
@@ -251,7 +252,8 @@ def _score_fingerprint(cfg: PipelineConfig, plan: ScorePlan, urls: list[str]) ->
     """Everything that determines the scored bytes (the checkpoint's config hash)."""
     import nemo_frames
 
-    kw = {k: v for k, v in plan.kwargs.items() if k != "storage_options"}
+    # prefetch changes how fast, not what: a checkpoint made either way is resumed either way.
+    kw = {k: v for k, v in plan.kwargs.items() if k not in ("storage_options", "prefetch")}
     if "clip" in kw:
         kw["clip"] = dataclasses.asdict(kw["clip"])
         kw["clip"].pop("batch_size", None)
@@ -547,11 +549,14 @@ def curate(
         with timer("dedup"):
             table, dedup_info = _dedup(cfg, table, plan, notes, cl)
         with timer("ledger"):
+            import dask
+
             from nemo_frames.io.parquet import write_parquet
 
             slim = table.drop(columns=[c for c in _HEAVY if c in table.columns])
-            write_parquet(slim, os.path.join(cfg.output, "table"), overwrite=True)
-            ledger_df = _read_ledger(cfg.output)
+            write = write_parquet(slim, os.path.join(cfg.output, "table"), overwrite=True, compute=False)
+            # One pass over the scored table: the write and the ledger columns share its read.
+            _, ledger_df = dask.compute(write, slim[[S.KEY, S.STATUS, S.ERROR, S.REASON]])
         export = None
         if cfg.export.enabled:
             with timer("export"):
@@ -585,12 +590,6 @@ def curate(
         if report_path:
             _say(f"report: {report_path}")
     return RunResult(config=cfg, output=cfg.output, summary=summary, export=export, report=report_path)
-
-
-def _read_ledger(output: str) -> pd.DataFrame:
-    from nemo_frames.io.parquet import read_parquet
-
-    return read_parquet(os.path.join(output, "table"), columns=[S.KEY, S.STATUS, S.ERROR, S.REASON]).compute()
 
 
 def _export(cfg: PipelineConfig, table: Any, *, overwrite: bool, progress: bool) -> Any:

@@ -125,6 +125,46 @@ def test_local_workers_get_thread_env(local_client):
         assert env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
 
 
+def _malloc_env():
+    return {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")}
+
+
+def test_local_workers_get_malloc_env(local_client):
+    # Not Dask's MALLOC_TRIM_THRESHOLD_=65536, which pins the mmap threshold at 128 KiB (see worker_malloc_env).
+    for env in local_client.run(_malloc_env).values():
+        assert env == {"MALLOC_TRIM_THRESHOLD_": str(64 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+
+
+def test_malloc_env_null_config_keeps_dask_default(local_client):
+    # local_client has started before, so its nanny has copied 64 MiB into this process's environment:
+    # that copy must not count as the user's own setting.
+    with dask.config.set({"nemo_frames.cluster.malloc-trim-threshold": None,
+                          "nemo_frames.cluster.malloc-mmap-threshold": None}):
+        with cluster("local", n_workers=1, threads_per_worker=1) as client:
+            (env,) = client.run(_malloc_env).values()
+    assert env == {"MALLOC_TRIM_THRESHOLD_": "65536", "MALLOC_MMAP_THRESHOLD_": None}
+    with dask.config.set({"nemo_frames.cluster.malloc-trim-threshold": "8MiB"}):
+        with cluster("local", n_workers=1, threads_per_worker=1) as client:
+            (env,) = client.run(_malloc_env).values()
+    assert env["MALLOC_TRIM_THRESHOLD_"] == str(8 * 2**20)
+
+
+def test_with_get_client_closes_its_cluster_and_workers():
+    with get_client("local", n_workers=1, threads_per_worker=1) as client:
+        lc = client.cluster
+        (pid,) = client.run(os.getpid).values()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"worker process {pid} still alive 30 s after the with-block closed its client")
+    assert lc.status.name == "closed"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
 def test_local_workers_torch_threads(local_client):
@@ -294,6 +334,9 @@ def test_slurm_gpu_job_script():
     assert "--lifetime-restart" not in cmd
     assert "--rmm-pool-size 70GB" in cmd and "--enable-cudf-spill" in cmd
     assert "jit" not in cmd and "--nworkers" not in cmd
+    # the worker's nanny takes an exported variable over its config: our malloc settings reach it
+    assert f"export MALLOC_TRIM_THRESHOLD_={64 * 2**20}" in script
+    assert script.index("export MALLOC_TRIM_THRESHOLD_") < script.index("python -m dask_cuda.cli")
     prologue_at = script.index("module load cuda/12.4")
     assert script.index("source /opt/venv/bin/activate") > prologue_at
     assert script.index("python -m dask_cuda.cli") > prologue_at

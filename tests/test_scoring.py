@@ -102,3 +102,26 @@ def test_heads_score_an_existing_embedding_column():
     out = score(df, aesthetic=head, blur=False, phash=False, content_hash=False)
     assert out.nf_status.eq("ok").all()
     assert (np.diff(out.aesthetic_score.to_numpy()) > 0).all()  # rating0 < rating1 < ... < rating9
+
+
+def test_chunks_and_prefetch_give_the_same_table(tmp_path, jpegs):
+    # A corrupt image in the middle of a chunk, and chunks of 2 (CLIP batch): every row's scores stay
+    # on that row whichever way the chunks are prepared (inline, or one ahead in a helper thread).
+    members = []
+    for i, (name, b) in enumerate(sorted(jpegs.items())):
+        members += sample_members(f"k{i}", b, f"a photo of {name}")
+        if i == 2:
+            members += [("bad.jpg", b"\xff\xd8\xff\xe0 not really a jpeg"), ("bad.txt", b"broken")]
+    shard = write_tar(tmp_path / "00000.tar", members)
+    df = read_webdataset(str(shard)).compute()
+    tiny = dict(TINY, batch_size=2)
+    inline = score(df, clip=tiny, qr=True, prefetch=False)
+    ahead = score(df, clip=tiny, qr=True, prefetch=True)
+    pd.testing.assert_frame_equal(inline, ahead)
+    assert inline.loc[inline.key == "bad", "nf_status"].item() == "error"
+    assert (inline.nf_status == "ok").sum() == len(jpegs)
+    # Per-row: each ok row's scores equal those of that image scored on its own.
+    for _, row in inline[inline.nf_status == "ok"].iterrows():
+        alone = score(df[df.key == row.key], clip=tiny, qr=True).iloc[0]
+        assert alone.blur_score == row.blur_score and alone.phash == row.phash and alone.width == row.width
+        assert np.allclose(np.asarray(alone.embedding), np.asarray(row.embedding), atol=1e-5)

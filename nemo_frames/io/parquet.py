@@ -108,9 +108,14 @@ def write_parquet(
     overwrite: bool = False,
     name_function: Any = None,
     compression: str = "zstd",
+    compute: bool = True,
     **kwargs: Any,
-) -> None:
+) -> Any:
     """Write a sample or item table as Parquet (one file per partition), list columns included.
+
+    With ``compute=False`` nothing is written yet: the lazy write is returned, to be computed
+    together with other results of the same table (``dask.compute(write, df[cols])`` reads the
+    input once).
 
     Examples
     --------
@@ -125,11 +130,12 @@ def write_parquet(
     if isinstance(df, pd.DataFrame):
         df = dd.from_pandas(df, npartitions=1, sort=False)
     if frame_backend(df) == "cudf":
-        df.to_parquet(path, write_index=False, storage_options=storage_options, overwrite=overwrite, **kwargs)
-        return
+        return df.to_parquet(
+            path, write_index=False, storage_options=storage_options, overwrite=overwrite, compute=compute, **kwargs
+        )
     schema = canonical_schema(df._meta)
     df = df.map_partitions(lambda p: p.reset_index(drop=True), meta=df._meta.reset_index(drop=True))
-    df.to_parquet(
+    return df.to_parquet(
         os.fspath(path) if isinstance(path, os.PathLike) else path,
         write_index=False,
         schema=schema,
@@ -139,6 +145,7 @@ def write_parquet(
         compression=compression,
         write_metadata_file=False,
         custom_metadata=None,
+        compute=compute,
         **kwargs,
     )
 
