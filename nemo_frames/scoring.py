@@ -233,7 +233,6 @@ class Score:
             df = df.drop(columns=[S.IMAGE_BYTES])
         return df[list(meta.columns)].astype(meta.dtypes.to_dict())
 
-
     def _pixels(self, df: pd.DataFrame, ok: np.ndarray, blobs: list[Any]) -> tuple[pd.DataFrame, np.ndarray, dict[str, pd.Series]]:
         """Decode, pixel operators and CLIP, chunk by chunk; returns (df with decode errors marked, ok, columns).
 
@@ -344,8 +343,9 @@ class Score:
             out[S.PHASH] = _nullable(ph[good].tolist(), ok, "UInt64", idx)
         if embedder is not None:
             emb = np.concatenate(emb_parts) if emb_parts else np.zeros((0, embedder.dim), np.float32)
-            # Rows in input order (a chunk's rows are ascending and chunks are in order).
-            assert emb_rows == good.tolist()
+            # Embeddings are in input row order (ascending rows within a chunk, chunks in order).
+            if emb_rows != good.tolist():
+                raise RuntimeError("score: internal error: embeddings out of step with the ok rows")
             out[S.EMBEDDING] = from_matrix(emb, index=idx, valid=ok)
             if cfg.text:
                 caps = df[S.CAPTION].astype(object).where(df[S.CAPTION].notna(), "").tolist()
