@@ -397,7 +397,39 @@ def _write_frame(df: pd.DataFrame, path: str) -> None:
     os.replace(tmp, path)
 
 
-def _dedup(cfg: PipelineConfig, table: Any, plan: ScorePlan, notes: list[str], client: Any) -> tuple[Any, dict[str, Any]]:
+def _semantic_workdir(cfg: PipelineConfig, out_dir: str, upstream: str, *, overwrite: bool) -> str:
+    """The semantic dedup's resume directory for this exact input: ``semantic_work/<hash>``.
+
+    The hash covers everything that decides which rows reach the semantic dedup and with what
+    (the score checkpoint, filters, earlier dedups, the semantic settings), so changing a filter
+    threshold and rerunning starts a fresh directory instead of reusing stale clusters. Work
+    directories of other configs are removed: they are caches, not results.
+    """
+    import shutil
+
+    from nemo_frames.io.commit import config_hash
+
+    d = cfg.dedup
+    key = config_hash({
+        "upstream": upstream,
+        "filters": [dataclasses.asdict(f) for f in cfg.filters],
+        "exact": d.exact,
+        "perceptual": dataclasses.asdict(d.perceptual) if d.perceptual is not None else None,
+        "semantic": dataclasses.asdict(d.semantic) if d.semantic is not None else None,
+        "policy": d.policy,
+        "score_column": d.score_column,
+    })
+    root = os.path.join(out_dir, "semantic_work")
+    if os.path.isdir(root):
+        for name in os.listdir(root):
+            if overwrite or name != key:
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return os.path.join(root, key)
+
+
+def _dedup(
+    cfg: PipelineConfig, table: Any, plan: ScorePlan, notes: list[str], client: Any, *, upstream: str, overwrite: bool
+) -> tuple[Any, dict[str, Any]]:
     """Run the configured dedups in order (exact, perceptual, semantic), each on the rows still kept."""
     d = cfg.dedup
     out_dir = os.path.join(cfg.output, "dedup")
@@ -433,7 +465,7 @@ def _dedup(cfg: PipelineConfig, table: Any, plan: ScorePlan, notes: list[str], c
             sem = d.semantic
             assert sem is not None
             skw = {"n_clusters": sem.n_clusters, "policy": sem.policy, "score_column": d.score_column,
-                   "checkpoint_dir": os.path.join(out_dir, "semantic_work")}
+                   "checkpoint_dir": _semantic_workdir(cfg, out_dir, upstream, overwrite=overwrite)}
             dup = dd_mod.semantic_duplicates(table, eps=sem.eps, mode=sem.mode, **skw)
             if sem.sweep:
                 try:
@@ -547,7 +579,12 @@ def curate(
         with timer("filter"):
             table, applied = _filters(cfg, table, plan, notes)
         with timer("dedup"):
-            table, dedup_info = _dedup(cfg, table, plan, notes, cl)
+            # With a score checkpoint its config hash names the scored rows; without one, the scores
+            # are recomputed, so the score settings and the input shards stand for them.
+            from nemo_frames.io.commit import config_hash
+
+            upstream = score_info.get("config_hash") or config_hash(_score_fingerprint(cfg, plan, urls))
+            table, dedup_info = _dedup(cfg, table, plan, notes, cl, upstream=upstream, overwrite=overwrite)
         with timer("ledger"):
             import dask
 

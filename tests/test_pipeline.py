@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from nemo_frames.config import ConfigError
@@ -136,6 +137,16 @@ def test_tiny_clip_random_weights_exercises_embeddings_and_semantic_dedup(tmp_pa
     assert [row["eps"] for row in sweep["rows"]] == [0.001, 0.01, 0.1]
     assert (tmp_path / "o" / "dedup" / "semantic.parquet").is_file()
     assert "clip_score" in r.summary["score_columns"]
+    # Another blur threshold, same output: other rows reach the semantic dedup. The rerun must not reuse
+    # the first run's clusters; its result equals a fresh run's with the new threshold.
+    stricter = {**c, "filters": [{"blur": 400}]}
+    rerun = curate(stricter, progress=False)
+    fresh = curate({**stricter, "output": str(tmp_path / "fresh")}, progress=False)
+    assert rerun.summary["filtered_by_reason"] == fresh.summary["filtered_by_reason"]
+    assert rerun.summary["filtered_by_reason"]["blur"] > r.summary["filtered_by_reason"]["blur"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "o" / "dedup" / "semantic.parquet"),
+                                  pd.read_parquet(tmp_path / "fresh" / "dedup" / "semantic.parquet"))
+    assert len(list((tmp_path / "o" / "dedup" / "semantic_work").iterdir())) == 1  # the stale cache is gone
 
 
 def test_cli_curate_exit_codes(run, tmp_path, capsys):

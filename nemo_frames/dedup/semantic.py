@@ -135,6 +135,18 @@ def _prepare(pdf: Any, cfg: SemanticConfig) -> tuple[np.ndarray, np.ndarray, np.
     return keys, x, score, excluded
 
 
+def _rows_digest(keys: np.ndarray, x: np.ndarray, score: np.ndarray | None) -> str:
+    """What a partition fed to the assignment: its ok keys, embeddings and scores (xxh3, hex)."""
+    import xxhash
+
+    h = xxhash.xxh3_64()
+    h.update("\n".join(map(str, keys)).encode("utf-8", "surrogatepass"))
+    h.update(np.ascontiguousarray(x).tobytes())
+    if score is not None:
+        h.update(np.ascontiguousarray(score).tobytes())
+    return h.hexdigest()
+
+
 def _key_hash(keys: np.ndarray) -> np.ndarray:
     return pd.util.hash_array(np.asarray(keys, dtype=object), categorize=False)
 
@@ -215,9 +227,18 @@ def _assign_boundary(x: np.ndarray, centroids: np.ndarray, margin: float) -> tup
 
 def _assign_part(pdf: Any, i: int, centroids: np.ndarray, n_buckets: int, ck: Checkpoint, cfg: SemanticConfig) -> dict:
     name = f"part-{i:06d}"
-    if ck.is_done(name):
-        return ck.read_done(name)
     keys, x, score, excluded = _prepare(pdf, cfg)
+    digest = _rows_digest(keys, x, score)
+    if ck.is_done(name):
+        info = ck.read_done(name)
+        if info.get("rows_digest") != digest:
+            raise ValueError(
+                f"semantic dedup: checkpoint {ck.dir} holds assignments of other rows for partition {i} "
+                f"({info.get('rows')} rows then, {len(keys)} now, or other keys, embeddings or scores). "
+                "A checkpoint_dir belongs to one input table; resuming it with another would reuse stale "
+                "clusters. Fix: pass a new checkpoint_dir (or delete this one) when the table changes."
+            )
+        return info
     first, second = _assign_boundary(x, centroids, cfg.boundary_margin)
     copy = np.nonzero(second >= 0)[0]
     n_rows = len(keys)
@@ -240,7 +261,7 @@ def _assign_part(pdf: Any, i: int, centroids: np.ndarray, n_buckets: int, ck: Ch
         ck.write_parquet_atomic(pa.table(cols), f"bucket-{int(b):05d}/{name}")
     counts = np.bincount(cid, minlength=len(centroids))
     nz = np.nonzero(counts)[0]
-    info = {"rows": n_rows, "boundary": len(copy), "excluded": excluded,
+    info = {"rows": n_rows, "boundary": len(copy), "excluded": excluded, "rows_digest": digest,
             "counts": {str(int(c)): int(counts[c]) for c in nz}}
     ck.mark_done(name, info)
     return info
@@ -755,7 +776,8 @@ def semantic_duplicates(
         a split are not found).
     checkpoint_dir : str or Path, optional
         Keep intermediates here and resume from them; a temporary directory otherwise. For a
-        multi-node cluster it must be shared storage.
+        multi-node cluster it must be shared storage. It belongs to one input table: resuming
+        with other rows (keys, embeddings or scores) raises instead of reusing stale clusters.
     backend : {"auto", "faiss", "sklearn", "cuml"}
         k-means implementation.
     max_fit_rows, max_iter, seed : int

@@ -164,6 +164,11 @@ def test_checkpoint_resume_and_refusal(planted, tmp_path):
         semantic_duplicates(planted, eps=0.01, n_clusters=5, checkpoint_dir=tmp_path)
     # the sweep reuses the clustering of the same settings
     assert eps_sweep(planted, [0.01], sample_clusters=None, n_clusters=6, checkpoint_dir=tmp_path)["removed_components"].item() == (~ref.is_survivor).sum()
+    # the same settings over other rows (one key renamed): refused, not answered from stale assignments
+    other = planted.copy()
+    other.loc[5, "key"] = "renamed"
+    with pytest.raises(ValueError, match="belongs to one input table"):
+        semantic_duplicates(other, **kw)
 
 
 def test_ledger_rows_and_bad_embeddings_do_not_take_part():
