@@ -161,3 +161,23 @@ def test_cli_curate_exit_codes(run, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kept"] == 10
     assert main(["curate", str(p), "--quiet", "--set", "score.batch_size=lots"]) == 2
     assert "score.batch_size: expected a whole number" in capsys.readouterr().err
+
+
+def test_planning_a_clip_run_does_not_import_torch_in_the_driver(tmp_path):
+    # The plan reads the architecture's embedding size from its JSON config; importing open_clip for it
+    # cost the driver 5-8 s of start-up (the workers import torch when they score).
+    pytest.importorskip("open_clip")
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from nemo_frames.pipeline import plan_score, load_config, _embed_dim\n"
+        f"cfg = load_config({{'input': {{'urls': 'x/*.tar'}}, 'output': {str(tmp_path)!r}, "
+        "'score': {'clip': {'model': 'nf-tiny-vit', 'pretrained': None}}})\n"
+        "plan = plan_score(cfg)\n"
+        "assert 'clip' in plan.kwargs, plan.notes\n"
+        "print(_embed_dim('ViT-L/14'), _embed_dim('nf-tiny-vit'), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["768", "64", "False"]
