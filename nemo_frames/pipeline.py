@@ -226,29 +226,12 @@ def plan_score(cfg: PipelineConfig) -> ScorePlan:
 
 
 def _embed_dim(model: str) -> int | None:
-    import importlib.util
+    from nemo_frames.models.clip import architecture_config
 
-    name = model.replace("/", "-")
-    # The architecture's JSON read directly: importing open_clip (and torch with it) to look up one
-    # number took 5-8 s of the driver's start-up; the workers import torch anyway.
-    dirs = [Path(__file__).parent / "models" / "configs"]
-    spec = importlib.util.find_spec("open_clip")
-    if spec is not None and spec.submodule_search_locations:
-        dirs.append(Path(next(iter(spec.submodule_search_locations))) / "model_configs")
-    for d in dirs:
-        f = d / f"{name}.json"
-        if f.is_file():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                return int(json.loads(f.read_text())["embed_dim"])
+    mc = architecture_config(model)
     try:
-        import open_clip
-
-        from nemo_frames.models.clip import register_model_configs
-
-        register_model_configs()
-        mc = open_clip.get_model_config(model.replace("/", "-"))
         return int(mc["embed_dim"]) if mc else None
-    except Exception:  # the loader reports bad model names itself, with its own message
+    except (KeyError, TypeError, ValueError):
         return None
 
 

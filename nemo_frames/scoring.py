@@ -195,8 +195,7 @@ class Score:
                 from nemo_frames.io.fetch import fetch_image_bytes
 
                 df = fetch_image_bytes(df, storage_options=cfg.storage_options)
-        fetch_s = time.perf_counter() - t0
-        self.timings = {"fetch_s": fetch_s}
+        self.timings = {"fetch_s": time.perf_counter() - t0}
         ok = (df[S.STATUS] == Status.OK.value).to_numpy()
         blobs = df[S.IMAGE_BYTES].tolist() if S.IMAGE_BYTES in df.columns else [None] * len(df)
         idx = df.index
@@ -211,7 +210,6 @@ class Score:
         if cfg.needs_pixels:
             df, ok, px = self._pixels(df, ok, blobs)
             new.update(px)
-            self.timings["fetch_s"] = fetch_s
         blobs.clear()
 
         if cfg.aesthetic is not None or cfg.nsfw is not None:
@@ -269,9 +267,10 @@ class Score:
         qr = np.full(n, np.nan, np.float32)
         ph = np.zeros(n, np.uint64)
         errs: dict[int, DecodeError] = {}
-        spent = {"prepare_s": 0.0}
+        t_prepare = 0.0
 
         def prepare(rows: np.ndarray) -> tuple[list[int], np.ndarray | None]:
+            nonlocal t_prepare
             t = time.perf_counter()
             good: list[int] = []
             imgs = []
@@ -292,7 +291,7 @@ class Score:
                 if embedder is not None:
                     imgs.append(d)
             batch = preprocess_batch(imgs, params, resample=cfg.resample) if imgs else None
-            spent["prepare_s"] += time.perf_counter() - t
+            t_prepare += time.perf_counter() - t
             return good, batch
 
         rows = np.flatnonzero(ok)
@@ -357,7 +356,7 @@ class Score:
                 sc = pd.Series(np.nan, index=idx, dtype="float32")
                 sc.iloc[good] = np.einsum("ij,ij->i", emb, temb).astype("float32")
                 out[S.CLIP_SCORE] = sc
-        self.timings = {"pixels_s": time.perf_counter() - t0, "prepare_s": spent["prepare_s"], "clip_s": t_embed}
+        self.timings.update(pixels_s=time.perf_counter() - t0, prepare_s=t_prepare, clip_s=t_embed)
         return df, ok, out
 
 

@@ -137,9 +137,9 @@ def _prepare(pdf: Any, cfg: SemanticConfig) -> tuple[np.ndarray, np.ndarray, np.
 
 def _rows_digest(keys: np.ndarray, x: np.ndarray, score: np.ndarray | None) -> str:
     """What a partition fed to the assignment: its ok keys, embeddings and scores (xxh3, hex)."""
-    import xxhash
+    from nemo_frames.io.commit import new_hasher
 
-    h = xxhash.xxh3_64()
+    h = new_hasher("xxh3_64")
     h.update("\n".join(map(str, keys)).encode("utf-8", "surrogatepass"))
     h.update(np.ascontiguousarray(x).tobytes())
     if score is not None:

@@ -39,6 +39,7 @@ __all__ = [
     "ClipEmbedder",
     "PreprocessParams",
     "WeightsError",
+    "architecture_config",
     "clear_embedder_cache",
     "get_embedder",
     "register_model_configs",
@@ -195,6 +196,41 @@ def register_model_configs() -> None:
 
 def _clean_model_name(name: str) -> str:
     return name.replace("/", "-")
+
+
+def architecture_config(model: str) -> dict[str, Any] | None:
+    """open_clip's JSON config of an architecture (``embed_dim``, ``vision_cfg``...), or None if unknown.
+
+    Read from the JSON files (this package's, then open_clip's) without importing open_clip,
+    which imports torch: a driver that only plans a run needs a number from it, not the model
+    (importing took 5-8 s here). Falls back to open_clip's registry for names not found as files.
+
+    Examples
+    --------
+    >>> architecture_config("nf-tiny-vit")["embed_dim"], architecture_config("ViT-L/14")["embed_dim"]
+    (64, 768)
+    """
+    import importlib.util
+
+    name = _clean_model_name(model)
+    dirs = [_CONFIG_DIR]
+    spec = importlib.util.find_spec("open_clip")
+    if spec is not None and spec.submodule_search_locations:
+        dirs.append(Path(next(iter(spec.submodule_search_locations))) / "model_configs")
+    for d in dirs:
+        f = d / f"{name}.json"
+        if f.is_file():
+            try:
+                return json.loads(f.read_text())
+            except ValueError:
+                break
+    try:
+        import open_clip
+
+        register_model_configs()
+        return open_clip.get_model_config(name)
+    except Exception:  # the loader reports bad model names itself, with its own message
+        return None
 
 
 def _offline() -> bool:
