@@ -163,39 +163,114 @@ def crop_geometry(width: int, height: int, params: ClipPreprocess) -> tuple[int,
     return nw, nh, round((nw - cw) / 2.0), round((nh - ch) / 2.0)
 
 
+def _crop_box(
+    shape: tuple[int, ...], width: int, height: int, box: tuple[float, float, float, float] | None,
+    params: ClipPreprocess,
+) -> tuple[float, float, float, float]:
+    """torchvision's Resize + CenterCrop window, in the pixel coordinates of ``rgb`` (a scaled copy, see ``box``)."""
+    nw, nh, left, top = crop_geometry(width, height, params)
+    ch, cw = params.crop
+    h, w = shape[:2]
+    x0, y0, x1, y1 = box if box is not None else (0.0, 0.0, float(width), float(height))
+    kx, ky = w / (x1 - x0), h / (y1 - y0)
+    sx, sy = width / nw, height / nh  # full-size pixels per resized pixel, per axis (torchvision truncates)
+    return (
+        max(0.0, (left * sx - x0) * kx),
+        max(0.0, (top * sy - y0) * ky),
+        min(float(w), ((left + cw) * sx - x0) * kx),
+        min(float(h), ((top + ch) * sy - y0) * ky),
+    )
+
+
+def _window(
+    rgb: np.ndarray, win: tuple[float, float, float, float], margin: float, align: int = 1
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The part of ``rgb`` a filter reading ``margin`` pixels around ``win`` touches, and ``win`` relative to it.
+
+    Cropping first bounds the work and the memory by the output size, not by the image (a 1×12000 strip
+    resized torchvision's way is 224 × 2 688 000 pixels). ``align``: start and size multiples of it, within
+    the image.
+    """
+    h, w = rgb.shape[:2]
+    c0 = max(0, int(np.floor(win[0] - margin)) // align * align)
+    r0 = max(0, int(np.floor(win[1] - margin)) // align * align)
+    c1 = min(w, int(np.ceil(win[2] + margin)))
+    r1 = min(h, int(np.ceil(win[3] + margin)))
+    if align > 1:
+        c1 = c0 + max(align, (c1 - c0 + align - 1) // align * align)
+        r1 = r0 + max(align, (r1 - r0 + align - 1) // align * align)
+        c1, r1 = min(c1, c0 + (w - c0) // align * align), min(r1, r0 + (h - r0) // align * align)
+    return rgb[r0:r1, c0:c1], (win[0] - c0, win[1] - r0, win[2] - c0, win[3] - r0)
+
+
+def _pil_resize(
+    rgb: np.ndarray, win: tuple[float, float, float, float], size: tuple[int, int], interpolation: str
+) -> np.ndarray:
+    """Pillow's antialiased resample of window ``win`` straight to ``size`` (w, h): torchvision's own filter."""
+    from PIL import Image
+
+    ratio = max((win[2] - win[0]) / size[0], (win[3] - win[1]) / size[1], 1.0)
+    support = (2.0 if interpolation == "bicubic" else 1.0) * ratio + 2.0
+    part, pwin = _window(rgb, win, support)
+    flt = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
+    # Pillow resamples a source box with the same filter support as resizing the whole image and cropping
+    # afterwards, so only the crop is computed; the window keeps everything the filter reads.
+    box = (
+        max(0.0, pwin[0]),
+        max(0.0, pwin[1]),
+        min(float(part.shape[1]), pwin[2]),
+        min(float(part.shape[0]), pwin[3]),
+    )
+    return np.asarray(Image.fromarray(np.ascontiguousarray(part)).resize(size, flt, box=box))
+
+
 def _resize_crop(
-    rgb: np.ndarray, width: int, height: int, params: ClipPreprocess, resample: Resample
+    rgb: np.ndarray,
+    width: int,
+    height: int,
+    params: ClipPreprocess,
+    resample: Resample,
+    box: tuple[float, float, float, float] | None = None,
 ) -> np.ndarray:
     """(crop_h, crop_w, 3) uint8: ``rgb`` (any scale of a ``width × height`` image) resized and centre-cropped."""
     import cv2
 
-    nw, nh, left, top = crop_geometry(width, height, params)
-    ch, cw = params.crop
-    h, w = rgb.shape[:2]
-    if resample == "auto":
-        resample = "cv2-cubic" if min(w / nw, h / nh) <= AUTO_CV2_MAX_RATIO else "pil-bicubic"
-    if resample == "pil-bicubic":
-        from PIL import Image
-
-        # Pillow resamples a source box straight to the crop size with the same filter support as resizing
-        # the whole image and cropping afterwards, so only the crop is computed.
-        sx, sy = w / nw, h / nh
-        box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
-        flt = Image.Resampling.BICUBIC if params.interpolation == "bicubic" else Image.Resampling.BILINEAR
-        return np.asarray(Image.fromarray(rgb).resize((cw, ch), flt, box=box))
-    if resample == "cv2-cubic" or resample == "cv2-linear":
-        # Cubic/linear sampling without antialiasing aliases beyond ~2× reduction: pre-shrink by an integer
-        # box factor first (what the DCT-domain decode does for JPEGs anyway).
-        factor = min(w // (2 * nw), h // (2 * nh))
-        if factor >= 2:
-            rgb = cv2.resize(rgb, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
-        flag = cv2.INTER_CUBIC if resample == "cv2-cubic" else cv2.INTER_LINEAR
-    elif resample == "cv2-area":
-        flag = cv2.INTER_AREA
-    else:
+    if resample not in Resample.__args__:  # type: ignore[attr-defined]
         raise ValueError(f"resample must be one of {Resample.__args__}, got {resample!r}")  # type: ignore[attr-defined]
-    resized = rgb if (w, h) == (nw, nh) else cv2.resize(rgb, (nw, nh), interpolation=flag)
-    return resized[top : top + ch, left : left + cw]
+    ch, cw = params.crop
+    win = _crop_box(rgb.shape, width, height, box, params)
+    rx, ry = (win[2] - win[0]) / cw, (win[3] - win[1]) / ch  # source pixels per output pixel
+    ratio = min(rx, ry)
+    if resample == "auto":
+        resample = "cv2-cubic" if ratio <= AUTO_CV2_MAX_RATIO else "pil-bicubic"
+    if resample == "pil-bicubic" or max(rx, ry) <= 1.0:
+        # Upscaling (and the exact mode): Pillow's filter is the model's own, and on <= 1× it reads 4 × 4 pixels
+        # per output pixel, so it costs little more than OpenCV's.
+        return _pil_resize(rgb, win, (cw, ch), params.interpolation)
+    if resample == "cv2-area":
+        # INTER_AREA cannot start at a fractional offset: the window is rounded to whole source pixels.
+        part = rgb[int(round(win[1])) : int(round(win[3])), int(round(win[0])) : int(round(win[2]))]
+        return cv2.resize(np.ascontiguousarray(part), (cw, ch), interpolation=cv2.INTER_AREA)
+    # Cubic/linear sampling without antialiasing aliases beyond 2× reduction: pre-shrink by the integer box
+    # factor that leaves a ratio in [1, 2) (what the DCT-domain decode already does for most JPEGs).
+    factor = int(ratio) if ratio >= 2.0 else 1
+    part, pwin = _window(rgb, win, 2.0 * factor + 2.0, align=factor)
+    if factor > 1:
+        ph, pw = part.shape[:2]
+        part = cv2.resize(part, (pw // factor, ph // factor), interpolation=cv2.INTER_AREA)
+        pwin = tuple(v / factor for v in pwin)  # type: ignore[assignment]
+    ax, ay = (pwin[2] - pwin[0]) / cw, (pwin[3] - pwin[1]) / ch
+    # Inverse map: output pixel centre (x + 0.5) lands on pwin[0] + (x + 0.5)·ax in continuous source
+    # coordinates, i.e. pixel index pwin[0] + (x + 0.5)·ax − 0.5; replicate at the image edges as resize does.
+    m = np.array([[ax, 0.0, pwin[0] + 0.5 * ax - 0.5], [0.0, ay, pwin[1] + 0.5 * ay - 0.5]])
+    flag = cv2.INTER_CUBIC if resample == "cv2-cubic" else cv2.INTER_LINEAR
+    return cv2.warpAffine(
+        np.ascontiguousarray(part),
+        m,
+        (cw, ch),
+        flags=flag | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
 
 
 def _normaliser(params: ClipPreprocess) -> tuple[np.ndarray, np.ndarray]:
@@ -204,13 +279,15 @@ def _normaliser(params: ClipPreprocess) -> tuple[np.ndarray, np.ndarray]:
     return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
 
 
-def _as_parts(img: DecodedImage | np.ndarray) -> tuple[np.ndarray, int, int]:
+def _as_parts(
+    img: DecodedImage | np.ndarray,
+) -> tuple[np.ndarray, int, int, tuple[float, float, float, float] | None]:
     if isinstance(img, DecodedImage):
-        return img.rgb, img.width, img.height
+        return img.rgb, img.width, img.height, img.box
     arr = np.asarray(img)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, found shape {arr.shape} dtype {arr.dtype}")
-    return arr, arr.shape[1], arr.shape[0]
+    return arr, arr.shape[1], arr.shape[0], None
 
 
 def preprocess_image(
@@ -245,8 +322,8 @@ def preprocess_image(
     import cv2
 
     params = params or ClipPreprocess()
-    rgb, width, height = _as_parts(img)
-    crop = _resize_crop(rgb, width, height, params, resample)
+    rgb, width, height, box = _as_parts(img)
+    crop = _resize_crop(rgb, width, height, params, resample, box)
     ch, cw = params.crop
     if out is None:
         out = np.empty((3, ch, cw), dtype=np.float32)
