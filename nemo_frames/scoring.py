@@ -68,7 +68,8 @@ class ScoreConfig:
     keep_bytes : bool
         Keep ``image_bytes`` in the output (default: dropped once scored).
     resample : str
-        Resize filter of the CLIP fast path (see :func:`nemo_frames.images.preprocess.preprocess_image`).
+        Resample of the CLIP fast path, default ``cv2-linear`` (:data:`nemo_frames.images.preprocess.DEFAULT_RESAMPLE`;
+        modes and measured errors: :func:`nemo_frames.images.preprocess.preprocess_image`).
     prefetch : bool
         Decode and preprocess the next CLIP batch in a helper thread while the model embeds the
         current one (decoders and torch release the GIL). Measured on 2 CPU cores it raised fused

@@ -3,9 +3,11 @@
 open_clip's eval transform is ``Resize(S, bicubic)`` (short side → S, long side ``int(S·long/short)``) →
 ``CenterCrop(S)`` → ``ToTensor`` → ``Normalize(mean, std)``. The fast path keeps that geometry exactly but starts
 from the DCT-reduced JPEG decode of :func:`nemo_frames.images.decode.decode_image` (short side already in
-``[S, 2S)`` for most web images) and resizes with OpenCV, which is several times cheaper than Pillow's bicubic
-on the full-size image. Errors against open_clip's preprocess are measured in ``benchmarks/decode_preprocess.py``
-and listed in ``docs/operators/decode.md``.
+``[S, 2S)`` for most web images), maps the crop window to the decoded pixels through
+:attr:`~nemo_frames.images.decode.DecodedImage.box` (libjpeg's scaled pixels cover ``8/n`` source pixels each,
+not ``size / decoded size``), and resamples only that window, so work and memory follow the output size.
+Upscaling always uses Pillow's bicubic (the model's own filter, exact). Errors against open_clip's preprocess
+are measured in ``benchmarks/decode_preprocess.py`` and listed in ``docs/operators/decode.md``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from nemo_frames.images.decode import DecodedImage
 
 __all__ = [
+    "DEFAULT_RESAMPLE",
     "OPENAI_MEAN",
     "OPENAI_STD",
     "ClipPreprocess",
@@ -32,6 +35,10 @@ OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 Resample = Literal["auto", "cv2-cubic", "cv2-area", "cv2-linear", "pil-bicubic"]
+
+#: The resample used when none is given, here and in :class:`nemo_frames.scoring.ScoreConfig`: the fastest mode
+#: within the error budget (measured in ``benchmarks/decode_preprocess.py``).
+DEFAULT_RESAMPLE: Resample = "cv2-linear"
 
 #: ``resample="auto"``: above this remaining reduction ratio (decoded short side ÷ resized short side), OpenCV's
 #: cubic, which does not antialias, drifts from Pillow's antialiased bicubic; Pillow resamples the crop box there.
@@ -164,7 +171,10 @@ def crop_geometry(width: int, height: int, params: ClipPreprocess) -> tuple[int,
 
 
 def _crop_box(
-    shape: tuple[int, ...], width: int, height: int, box: tuple[float, float, float, float] | None,
+    shape: tuple[int, ...],
+    width: int,
+    height: int,
+    box: tuple[float, float, float, float] | None,
     params: ClipPreprocess,
 ) -> tuple[float, float, float, float]:
     """torchvision's Resize + CenterCrop window, in the pixel coordinates of ``rgb`` (a scaled copy, see ``box``)."""
@@ -249,7 +259,7 @@ def _resize_crop(
         return _pil_resize(rgb, win, (cw, ch), params.interpolation)
     if resample == "cv2-area":
         # INTER_AREA cannot start at a fractional offset: the window is rounded to whole source pixels.
-        part = rgb[int(round(win[1])) : int(round(win[3])), int(round(win[0])) : int(round(win[2]))]
+        part = rgb[round(win[1]) : round(win[3]), round(win[0]) : round(win[2])]
         return cv2.resize(np.ascontiguousarray(part), (cw, ch), interpolation=cv2.INTER_AREA)
     # Cubic/linear sampling without antialiasing aliases beyond 2× reduction: pre-shrink by the integer box
     # factor that leaves a ratio in [1, 2) (what the DCT-domain decode already does for most JPEGs).
@@ -294,7 +304,7 @@ def preprocess_image(
     img: DecodedImage | np.ndarray,
     params: ClipPreprocess | None = None,
     *,
-    resample: Resample = "auto",
+    resample: Resample = DEFAULT_RESAMPLE,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """One image → a normalised float32 ``(3, crop_h, crop_w)`` array.
@@ -306,9 +316,14 @@ def preprocess_image(
         an ``(H, W, 3)`` uint8 RGB array at full size.
     params : ClipPreprocess, optional
         Defaults to OpenAI CLIP at 224 px.
-    resample : {"cv2-cubic", "cv2-area", "cv2-linear", "pil-bicubic"}
-        ``cv2-cubic`` (default) is the fastest within the error budget; ``pil-bicubic`` is the closest to
-        open_clip (Pillow's bicubic over only the crop box), about 1 ms slower per image.
+    resample : {"cv2-linear", "auto", "cv2-cubic", "cv2-area", "pil-bicubic"}
+        How the crop window is resampled when it is reduced (upscaling is always Pillow's bicubic, exact):
+        ``cv2-linear`` (default): OpenCV bilinear warp of the window, pre-shrunk by an integer ``INTER_AREA``
+        factor when the reduction is ≥ 2×; the fastest within the error budget. ``pil-bicubic``: Pillow's
+        antialiased bicubic over the window, the closest to open_clip (exact from full-size pixels), about
+        0.8 ms slower. ``cv2-cubic``: OpenCV bicubic warp. ``auto``: ``cv2-cubic`` up to a
+        :data:`AUTO_CV2_MAX_RATIO` reduction, else ``pil-bicubic``. ``cv2-area``: ``INTER_AREA`` over the
+        window rounded to whole pixels. Measured errors and speeds: ``docs/operators/decode.md``.
     out : numpy.ndarray, optional
         A float32 ``(3, crop_h, crop_w)`` array to write into (e.g. a row of a batch).
 
@@ -338,7 +353,7 @@ def preprocess_batch(
     images: Sequence[DecodedImage | np.ndarray],
     params: ClipPreprocess | None = None,
     *,
-    resample: Resample = "auto",
+    resample: Resample = DEFAULT_RESAMPLE,
 ) -> np.ndarray:
     """Many images → one C-contiguous float32 ``(N, 3, crop_h, crop_w)`` batch (torch conversion is the caller's).
 

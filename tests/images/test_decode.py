@@ -374,3 +374,49 @@ def test_nvjpeg_on_gpu(astronaut):
     ref = decode_batch(batch)
     assert [type(o) for o in out] == [type(r) for r in ref]
     assert np.abs(out[0].rgb.astype(np.int16) - ref[0].rgb).mean() < 2
+
+
+# --------------------------------------------------------------------------- scaled-decode geometry (issue 15)
+@pytest.mark.parametrize(
+    ("orientation", "box"),
+    [
+        (1, (0.0, 0.0, 1280.0, 960.0)),  # 957 rows → ceil(957/4) = 240 scaled rows spanning 960 source rows
+        (2, (0.0, 0.0, 1280.0, 960.0)),
+        (3, (0.0, -3.0, 1280.0, 957.0)),  # turned 180°: the padding row comes first
+        (4, (0.0, -3.0, 1280.0, 957.0)),
+        (5, (0.0, 0.0, 960.0, 1280.0)),
+        (6, (-3.0, 0.0, 957.0, 1280.0)),
+        (7, (-3.0, 0.0, 957.0, 1280.0)),
+        (8, (0.0, 0.0, 960.0, 1280.0)),
+    ],
+)
+def test_scaled_decode_records_the_source_box(astronaut, orientation, box):
+    stored = np.asarray(Image.fromarray(astronaut).resize((1280, 957)))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _jpeg(stored, quality=90, exif=exif.tobytes())
+    img = decode_image(data, target=224)
+    assert img.box == box
+    h, w = img.rgb.shape[:2]
+    assert (w, h) == ((320, 240) if orientation < 5 else (240, 320))
+    # each scaled pixel covers exactly 4 source pixels: the box is the decoded size × 4
+    assert (box[2] - box[0], box[3] - box[1]) == (4.0 * w, 4.0 * h)
+    assert decode_image(data).box is None  # full-size decode: the whole image
+    # Pillow's draft path (the JPEG fallback) records the same geometry
+    from nemo_frames.images.decode import _decode_pil
+
+    pil = _decode_pil(data, "JPEG", 224, None, (255, 255, 255))
+    assert pil.box == box and pil.rgb.shape == img.rgb.shape
+
+
+def test_zero_size_jpeg_frame_header_is_a_clear_error(astronaut):
+    """A SOF header saying 0×0 used to surface as ``decode_error: JPEG: KeyError: 'MPO'``."""
+    data = bytearray(_jpeg(astronaut[:64, :64], quality=90))
+    sof = data.find(b"\xff\xc0")
+    for height, width in [(0, 0), (16, 0), (0, 16)]:
+        struct.pack_into(">HH", data, sof + 5, height, width)
+        with pytest.raises(DecodeError) as exc:
+            decode_image(bytes(data))
+        assert exc.value.code is ErrorCode.DECODE_ERROR
+        assert f"JPEG frame header (SOF) says {width}x{height}" in exc.value.text
+        assert "KeyError" not in exc.value.text
