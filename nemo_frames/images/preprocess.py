@@ -193,23 +193,28 @@ def _crop_box(
 
 
 def _window(
-    rgb: np.ndarray, win: tuple[float, float, float, float], margin: float, align: int = 1
+    rgb: np.ndarray,
+    win: tuple[float, float, float, float],
+    margin: tuple[float, float],
+    align: tuple[int, int] = (1, 1),
 ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """The part of ``rgb`` a filter reading ``margin`` pixels around ``win`` touches, and ``win`` relative to it.
+    """The part of ``rgb`` a filter reading ``margin`` (x, y) pixels around ``win`` touches, and ``win`` relative
+    to it.
 
     Cropping first bounds the work and the memory by the output size, not by the image (a 1×12000 strip
-    resized torchvision's way is 224 × 2 688 000 pixels). ``align``: start and size multiples of it, within
-    the image.
+    resized torchvision's way is 224 × 2 688 000 pixels). ``align`` (x, y): start and size multiples of it,
+    within the image (a partial last block at the image edge is left out).
     """
     h, w = rgb.shape[:2]
-    c0 = max(0, int(np.floor(win[0] - margin)) // align * align)
-    r0 = max(0, int(np.floor(win[1] - margin)) // align * align)
-    c1 = min(w, int(np.ceil(win[2] + margin)))
-    r1 = min(h, int(np.ceil(win[3] + margin)))
-    if align > 1:
-        c1 = c0 + max(align, (c1 - c0 + align - 1) // align * align)
-        r1 = r0 + max(align, (r1 - r0 + align - 1) // align * align)
-        c1, r1 = min(c1, c0 + (w - c0) // align * align), min(r1, r0 + (h - r0) // align * align)
+
+    def span(lo: float, hi: float, m: float, a: int, size: int) -> tuple[int, int]:
+        start = max(0, int(np.floor(lo - m)) // a * a)
+        stop = min(size, int(np.ceil(hi + m)))
+        stop = start + max(a, -(-(stop - start) // a) * a)
+        return start, min(stop, start + (size - start) // a * a)
+
+    c0, c1 = span(win[0], win[2], margin[0], align[0], w)
+    r0, r1 = span(win[1], win[3], margin[1], align[1], h)
     return rgb[r0:r1, c0:c1], (win[0] - c0, win[1] - r0, win[2] - c0, win[3] - r0)
 
 
@@ -221,7 +226,7 @@ def _pil_resize(
 
     ratio = max((win[2] - win[0]) / size[0], (win[3] - win[1]) / size[1], 1.0)
     support = (2.0 if interpolation == "bicubic" else 1.0) * ratio + 2.0
-    part, pwin = _window(rgb, win, support)
+    part, pwin = _window(rgb, win, (support, support))
     flt = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
     # Pillow resamples a source box with the same filter support as resizing the whole image and cropping
     # afterwards, so only the crop is computed; the window keeps everything the filter reads.
@@ -250,9 +255,8 @@ def _resize_crop(
     ch, cw = params.crop
     win = _crop_box(rgb.shape, width, height, box, params)
     rx, ry = (win[2] - win[0]) / cw, (win[3] - win[1]) / ch  # source pixels per output pixel
-    ratio = min(rx, ry)
     if resample == "auto":
-        resample = "cv2-cubic" if ratio <= AUTO_CV2_MAX_RATIO else "pil-bicubic"
+        resample = "cv2-cubic" if min(rx, ry) <= AUTO_CV2_MAX_RATIO else "pil-bicubic"
     if resample == "pil-bicubic" or max(rx, ry) <= 1.0:
         # Upscaling (and the exact mode): Pillow's filter is the model's own, and on <= 1× it reads 4 × 4 pixels
         # per output pixel, so it costs little more than OpenCV's.
@@ -261,14 +265,14 @@ def _resize_crop(
         # INTER_AREA cannot start at a fractional offset: the window is rounded to whole source pixels.
         part = rgb[round(win[1]) : round(win[3]), round(win[0]) : round(win[2])]
         return cv2.resize(np.ascontiguousarray(part), (cw, ch), interpolation=cv2.INTER_AREA)
-    # Cubic/linear sampling without antialiasing aliases beyond 2× reduction: pre-shrink by the integer box
-    # factor that leaves a ratio in [1, 2) (what the DCT-domain decode already does for most JPEGs).
-    factor = int(ratio) if ratio >= 2.0 else 1
-    part, pwin = _window(rgb, win, 2.0 * factor + 2.0, align=factor)
-    if factor > 1:
+    # Cubic/linear sampling without antialiasing aliases beyond 2× reduction: pre-shrink each axis by the
+    # integer box factor that leaves a ratio in [1, 2) (what the DCT-domain decode already does for most JPEGs).
+    fx, fy = (int(r) if r >= 2.0 else 1 for r in (rx, ry))
+    part, pwin = _window(rgb, win, (2.0 * fx + 2.0, 2.0 * fy + 2.0), align=(fx, fy))
+    if fx > 1 or fy > 1:
         ph, pw = part.shape[:2]
-        part = cv2.resize(part, (pw // factor, ph // factor), interpolation=cv2.INTER_AREA)
-        pwin = tuple(v / factor for v in pwin)  # type: ignore[assignment]
+        part = cv2.resize(part, (pw // fx, ph // fy), interpolation=cv2.INTER_AREA)
+        pwin = (pwin[0] / fx, pwin[1] / fy, pwin[2] / fx, pwin[3] / fy)
     ax, ay = (pwin[2] - pwin[0]) / cw, (pwin[3] - pwin[1]) / ch
     # Inverse map: output pixel centre (x + 0.5) lands on pwin[0] + (x + 0.5)·ax in continuous source
     # coordinates, i.e. pixel index pwin[0] + (x + 0.5)·ax − 0.5; replicate at the image edges as resize does.

@@ -290,3 +290,12 @@ def test_defaults_agree():
     assert ScoreConfig().resample == DEFAULT_RESAMPLE == "cv2-linear"
     for fn in (preprocess_image, preprocess_batch):
         assert inspect.signature(fn).parameters["resample"].default == DEFAULT_RESAMPLE
+
+
+def test_squash_pre_shrinks_each_axis(chelsea):
+    """A squash resize (e.g. SigLIP-style ``resize_mode="squash"``) of a wide image reduces x far more than y."""
+    sq = open_clip.image_transform(224, is_train=False, resize_mode="squash")
+    p = params_from_open_clip(sq)
+    rgb = np.asarray(chelsea.resize((3000, 300), Image.Resampling.LANCZOS))  # x: 13.4×, y: 1.3×
+    ref = sq(Image.fromarray(rgb)).numpy()
+    assert _err255(preprocess_image(rgb, p, resample="cv2-linear"), ref) <= 2.0
