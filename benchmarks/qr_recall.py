@@ -17,6 +17,9 @@ square ÷ canvas area) is known, so the table also gives how close the detected 
 ``|detected / true − 1|`` over hits) and the ratio of the issue's probe (15 % of an 800×800 canvas, 15°).
 Time is CPU time per image in one thread (``cv2.setNumThreads(1)``).
 
+A last table pastes small codes into 3000×2000 photos to show what a pre-scale loses (``--large-only`` runs
+just that).
+
 Run: ``flock /tmp/nf_heavy.lock python benchmarks/qr_recall.py``
 """
 
@@ -218,12 +221,39 @@ def variants() -> dict[str, Callable[[np.ndarray], float]]:
     }
 
 
+def large_photos(bgs: dict[str, np.ndarray]) -> None:
+    """Small codes (1–5 %) in 3000×2000 photos: full resolution vs a pre-scale to 640 px (what it loses)."""
+    import cv2
+
+    from nemo_frames.images.metrics import qr_area_ratio
+
+    cases = []
+    for name in ("china", "rocket"):
+        bg = cv2.resize(bgs[name], (3000, 2000), interpolation=cv2.INTER_CUBIC)
+        for area in (0.01, 0.02, 0.05):
+            for warp in ("rot0", "rot15", "tilt30"):
+                img, _ = paste_code(bg, qr_modules(PAYLOADS[len(cases) % 4]), area=area, warp=warp, seed=len(cases))
+                cases.append((area, img))
+    print("\nSmall codes in 3000×2000 photos (2 photos × 1 / 2 / 5 % × rot0 / rot15 / tilt30):\n")
+    print("| detector | found | found at 1 % | ms/img |")
+    print("|---|---:|---:|---:|")
+    for label, scale in (("aruco, full resolution", 1.0), ("aruco, pre-scaled to long side ≤ 640", 640 / 3000)):
+        t0 = time.process_time()
+        hits = [(area, qr_area_ratio(img, scales=(scale,)) > 0) for area, img in cases]
+        ms = (time.process_time() - t0) / len(cases) * 1000
+        small = [h for a, h in hits if a == 0.01]
+        print(f"| {label} | {sum(h for _, h in hits)}/{len(hits)} | {sum(small)}/{len(small)} | {ms:.1f} |")
+
+
 def main() -> None:
     import cv2
 
     from nemo_frames.images.decode import decode_image
 
     cv2.setNumThreads(1)
+    if "--large-only" in sys.argv:
+        large_photos(photos())
+        return
     root = assets_root()
     if root is None:
         raise SystemExit("shared assets not found (set NEMO_FRAMES_ASSETS)")
@@ -286,6 +316,7 @@ def main() -> None:
             a, wp = m.split("-a")[1].split("-", 1)
             by[f"{a}/{wp}"] = by.get(f"{a}/{wp}", 0) + 1
         print(f"- {label}: {dict(sorted(by.items())) or 'none'}")
+    large_photos(bgs)
 
 
 if __name__ == "__main__":
