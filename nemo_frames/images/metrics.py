@@ -95,6 +95,8 @@ def qr_polygons(
 
     if method not in _QR_METHODS:
         raise ValueError(f"qr_polygons: method must be one of {_QR_METHODS}, got {method!r}")
+    if not scales or any(not 0 < s <= 8 for s in scales):
+        raise ValueError(f"qr_polygons: scales must be one or more factors in (0, 8], got {scales!r}")
     arr = _check_rgb(rgb, "qr_polygons")
     gray = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY) if arr.ndim == 3 else arr
     h, w = gray.shape

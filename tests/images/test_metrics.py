@@ -170,6 +170,8 @@ def test_qr_ordinary_photos_score_zero(photos):
 def test_qr_method_is_checked():
     with pytest.raises(ValueError, match="method must be one of"):
         qr_area_ratio(np.zeros((8, 8, 3), np.uint8), method="zbar")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="scales must be"):
+        qr_area_ratio(np.zeros((8, 8, 3), np.uint8), scales=(0.0,))
 
 
 # --------------------------------------------------------------------------- pHash
