@@ -38,6 +38,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import dask
@@ -610,6 +611,134 @@ def slurm_job_script(options: SlurmOptions | None = None, *, gpu: GpuOptions | N
 # ----------------------------------------------------------------------------- get_client
 
 
+# get_client's own keywords (besides ``kind``): valid for every kind.
+_GET_CLIENT_OPTIONS = (
+    "n_workers", "threads_per_worker", "memory_limit", "model_memory_gb", "torch_threads", "processes",
+    "address", "slurm", "gpu", "no_workers_timeout", "connect_timeout", "dashboard",
+)  # fmt: skip
+
+
+class ClusterOptionError(ValueError):
+    """A cluster option that the cluster class for this kind does not accept (a typo, usually)."""
+
+
+def _init_params(cls: Any) -> set[str]:
+    import inspect
+
+    sig = inspect.signature(cls.__init__)
+    return {p.name for p in sig.parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
+
+
+def _local_cuda_cluster_params() -> set[str] | None:
+    """``LocalCUDACluster.__init__`` parameter names read from dask-cuda's source, without importing it.
+
+    Importing dask_cuda initialises CUDA libraries (and fails on a machine without a GPU); parsing the file
+    costs a millisecond. ``None`` when dask-cuda is not installed (``get_client`` then names the install).
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("dask_cuda")  # a top-level find_spec imports nothing
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        src = Path(loc) / "local_cuda_cluster.py"
+        if not src.is_file():
+            continue
+        for node in ast.walk(ast.parse(src.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and node.name == "LocalCUDACluster":
+                for fn in node.body:
+                    if isinstance(fn, ast.FunctionDef) and fn.name == "__init__":
+                        a = fn.args
+                        return {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs} - {"self"}
+    return None
+
+
+def cluster_option_names(kind: str, *, processes: bool = True) -> tuple[set[str], str] | None:
+    """Keyword arguments ``get_client(kind, **options)`` accepts, and the classes they come from.
+
+    Besides its own keywords, ``get_client`` forwards the rest to the cluster class, which forwards its own
+    ``**kwargs`` on (``LocalCluster`` → ``Nanny`` → ``Worker``; ``SLURMCluster`` → ``SLURMJob`` → ``Job``), so
+    a misspelt key would otherwise surface only when a worker process fails to start. Returns ``None`` when
+    the class for ``kind`` is not installed (the kind then fails at start with an install hint).
+
+    Examples
+    --------
+    >>> names, source = cluster_option_names("local")
+    >>> "n_workers" in names and "lifetime" in names, source
+    (True, 'get_client, distributed.LocalCluster, Nanny, Worker')
+    """
+    from distributed.core import Server
+
+    worker = _init_params(distributed.Worker) | _init_params(Server)
+    local = _init_params(distributed.LocalCluster)
+    nanny = _init_params(distributed.Nanny)
+    if kind in ("local", "threads"):
+        if kind == "threads" or not processes:
+            return set(_GET_CLIENT_OPTIONS) | local | worker, "get_client, distributed.LocalCluster, Worker"
+        return set(_GET_CLIENT_OPTIONS) | local | nanny | worker, "get_client, distributed.LocalCluster, Nanny, Worker"
+    if kind == "gpu":
+        cuda = _local_cuda_cluster_params()
+        if cuda is None:
+            return None
+        return (set(_GET_CLIENT_OPTIONS) | cuda | local | nanny | worker,
+                "get_client, dask_cuda.LocalCUDACluster, distributed.LocalCluster, Nanny, Worker")
+    if kind == "slurm":
+        try:
+            from dask_jobqueue.core import Job, JobQueueCluster
+            from dask_jobqueue.slurm import SLURMJob
+        except ImportError:
+            return None
+        names = _init_params(JobQueueCluster) | _init_params(SLURMJob) | _init_params(Job)
+        return set(_GET_CLIENT_OPTIONS) | names, "get_client, dask_jobqueue.SLURMCluster, SLURMJob, Job"
+    if kind == "address":
+        return set(_GET_CLIENT_OPTIONS) | _init_params(distributed.Client), "get_client, distributed.Client"
+    raise ClusterOptionError(
+        f"cluster.kind: must be one of 'local', 'gpu', 'slurm', 'address', 'threads'; found {kind!r}"
+    )
+
+
+def check_cluster_options(kind: str, options: dict[str, Any], *, where: str = "cluster.options") -> None:
+    """Raise :class:`ClusterOptionError` naming the first key ``get_client(kind, ...)`` would not accept.
+
+    Checked before anything starts, so a typo (``n_wokers``) is a config error with a did-you-mean rather
+    than ``RuntimeError: Nanny failed to start`` from a worker process many seconds later. A mapping given for
+    ``slurm`` / ``gpu`` is checked against :class:`SlurmOptions` / :class:`GpuOptions` too.
+
+    Examples
+    --------
+    >>> check_cluster_options("local", {"n_workers": 2})
+    >>> check_cluster_options("local", {"n_wokers": 2})
+    Traceback (most recent call last):
+    ...
+    nemo_frames.cluster.ClusterOptionError: cluster.options.n_wokers: unknown option 'n_wokers' for cluster kind 'local' (did you mean 'n_workers'?). Valid options are the keyword arguments of get_client, distributed.LocalCluster, Nanny, Worker; fix the key or remove it.
+    """
+    import dataclasses
+    import difflib
+
+    def unknown(key: str, valid: set[str], kind_name: str, source: str, at: str) -> ClusterOptionError:
+        close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return ClusterOptionError(
+            f"{at}.{key}: unknown option {key!r} for cluster kind {kind_name!r}{hint}. "
+            f"Valid options are the keyword arguments of {source}; fix the key or remove it."
+        )
+
+    found = cluster_option_names(kind, processes=bool(options.get("processes", True)))
+    if found is not None:
+        valid, source = found
+        for key in options:
+            if key not in valid:
+                raise unknown(str(key), valid, kind, source, where)
+    for key, cls in (("slurm", SlurmOptions), ("gpu", GpuOptions)):
+        sub = options.get(key)
+        if isinstance(sub, dict):
+            fields = {f.name for f in dataclasses.fields(cls)}
+            for k in sub:
+                if k not in fields:
+                    raise unknown(str(k), fields, kind, f"nemo_frames.cluster.{cls.__name__}", f"{where}.{key}")
+
+
 def get_client(
     kind: ClusterKind = "local",
     *,
@@ -620,8 +749,8 @@ def get_client(
     torch_threads: int | None = None,
     processes: bool = True,
     address: str | None = None,
-    slurm: SlurmOptions | None = None,
-    gpu: GpuOptions | None = None,
+    slurm: SlurmOptions | dict[str, Any] | None = None,
+    gpu: GpuOptions | dict[str, Any] | None = None,
     no_workers_timeout: str | float | None = None,
     connect_timeout: str | float | None = None,
     dashboard: bool = False,
@@ -642,7 +771,8 @@ def get_client(
     address
         Scheduler address for ``kind="address"``.
     slurm, gpu
-        Typed options for Slurm jobs and GPU workers.
+        Typed options for Slurm jobs and GPU workers (:class:`SlurmOptions`, :class:`GpuOptions`, or a
+        mapping of their fields, as a YAML config gives).
     no_workers_timeout
         Tasks waiting with no workers fail after this long (``None``: config, 60 s; Slurm:
         ``SlurmOptions.no_workers_timeout``). Not applied to ``"address"``: that scheduler's own
@@ -652,7 +782,8 @@ def get_client(
     dashboard
         Start the dashboard on a free port (off by default: batch jobs do not need it).
     **kwargs
-        Passed to the cluster class (or to ``Client`` for ``"address"``).
+        Passed to the cluster class (or to ``Client`` for ``"address"``); checked first against what that
+        class accepts (:func:`check_cluster_options`), so a typo raises :class:`ClusterOptionError` at once.
 
     Returns
     -------
@@ -667,6 +798,14 @@ def get_client(
     ...     describe_client(client)["n_workers"]
     1
     """
+    if kwargs:
+        check_cluster_options(kind, {**kwargs, "processes": processes}, where="get_client")
+    if isinstance(slurm, dict):
+        check_cluster_options(kind, {"slurm": slurm}, where="get_client")
+        slurm = SlurmOptions(**slurm)
+    if isinstance(gpu, dict):
+        check_cluster_options(kind, {"gpu": gpu}, where="get_client")
+        gpu = GpuOptions(**gpu)
     nwt = no_workers_timeout if no_workers_timeout is not None else _cfg("no-workers-timeout", None)
     # A random port either way: the scheduler's HTTP server (health, metrics) starts even without
     # the dashboard, and the fixed default 8787 collides (with a warning) as soon as two clusters run.

@@ -77,7 +77,8 @@ class ClusterConfig:
         tests). The others go to :func:`nemo_frames.cluster.get_client`.
     options : dict
         Keyword arguments for :func:`nemo_frames.cluster.get_client` (``n_workers``,
-        ``threads_per_worker``, ``memory_limit``, ``address``...).
+        ``threads_per_worker``, ``memory_limit``, ``address``...) and, through it, for the cluster class of
+        ``kind``; an unknown key is a :class:`ConfigError` when the config is loaded.
     """
 
     kind: Literal["local", "gpu", "slurm", "address", "threads"] = "local"
@@ -489,6 +490,15 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
         raise ConfigError("dedup.policy: 'max_score' needs dedup.score_column (e.g. aesthetic_score)")
     if not 8 <= cfg.report.thumb_px <= 128:
         raise ConfigError(f"report.thumb_px: must be 8..128, found {cfg.report.thumb_px}")
+    if cfg.cluster.options:
+        # Checked here, not when the cluster starts: a misspelt worker option otherwise ends, many seconds
+        # later, as "Nanny failed to start". (Imports distributed only when there are options to check.)
+        from nemo_frames.cluster import ClusterOptionError, check_cluster_options
+
+        try:
+            check_cluster_options(cfg.cluster.kind, cfg.cluster.options)
+        except ClusterOptionError as exc:
+            raise ConfigError(str(exc)) from None
     return cfg
 
 

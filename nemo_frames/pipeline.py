@@ -298,6 +298,16 @@ def _urls(cfg: PipelineConfig) -> list[str]:
     return [f"{s.url}#{s.size}" for s in expand_urls(cfg.input.urls, storage_options=cfg.input.storage_options or None)]
 
 
+def _input_urls(cfg: PipelineConfig) -> list[str]:
+    """:func:`_urls`, with "nothing matched" as a :class:`ConfigError` naming ``input.urls``."""
+    from nemo_frames.io.urls import NoShardsFound
+
+    try:
+        return _urls(cfg)
+    except NoShardsFound as exc:
+        raise ConfigError(f"input.urls: {str(exc).removeprefix('read_webdataset: ')}") from None
+
+
 def _partition_parquet(part: pd.DataFrame) -> bytes:
     import pyarrow.parquet as pq
 
@@ -554,14 +564,16 @@ def curate(
     (23, {'blur': 6, 'dedup_exact': 4, 'dedup_perceptual': 5, 'qr': 3})
     """
     cfg = load_config(config, **overrides)
+    t_start = time.perf_counter()
+    # The input is resolved first: a pattern that matches nothing fails before the run directory or its
+    # config.yaml exist (a typo must not leave an empty run behind).
+    urls = _input_urls(cfg)
     os.makedirs(cfg.output, exist_ok=True)
     timer = StageTimer()
     notes: list[str] = []
-    t_start = time.perf_counter()
     _write_config(cfg)
     with _client_for(cfg, client) as cl:
         with timer("scan"):
-            urls = _urls(cfg)
             scanned = _scan(cfg)
         _say(f"scan: {len(urls)} shard(s) in {scanned.npartitions} partition(s)", quiet=not progress)
         with timer("plan"):

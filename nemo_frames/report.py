@@ -244,7 +244,12 @@ def _thumb(blob: bytes, px: int) -> str | None:
 
 # --------------------------------------------------------------------------- page pieces
 def _esc(v: Any) -> str:
-    return html.escape("" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v))
+    if v is None or isinstance(v, str):
+        return html.escape(v or "")
+    if pd.api.types.is_list_like(v) and not isinstance(v, dict):
+        # input.urls given as a YAML list: pd.isna on a list is an array, whose truth value is an error.
+        return html.escape(", ".join(str(x) for x in v))
+    return html.escape("" if pd.isna(v) else str(v))
 
 
 def _figure(key: str, src: str | None, cls: str, lines: Sequence[str], badge: str = "") -> str:

@@ -408,3 +408,40 @@ def test_gpu_cluster_one_worker_per_gpu():
             return torch.cuda.memory.get_allocator_backend(), float(x.sum())
 
         assert all(v[1] == 1024.0 for v in client.run(_torch_allocator).values())
+
+
+# ----------------------------------------------------------------------------- option names checked up front
+
+
+def test_get_client_option_typo_raises_before_starting_anything():
+    from nemo_frames.cluster import ClusterOptionError
+
+    with pytest.raises(ClusterOptionError, match=r"get_client\.lifetme: unknown option .*did you mean 'lifetime'"):
+        get_client("local", n_workers=1, lifetme="1h")
+    with pytest.raises(ClusterOptionError, match=r"get_client\.slurm\.wallltime: .*did you mean 'walltime'"):
+        get_client("slurm", slurm={"wallltime": "01:00:00"})
+    # a Worker-only keyword really reaches the worker (the name set is what distributed accepts)
+    with get_client("local", n_workers=1, processes=False, resources={"widgets": 2}) as client:
+        info = client.scheduler_info()["workers"]
+        assert [w["resources"] for w in info.values()] == [{"widgets": 2}]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("dask_cuda") is not None, reason="dask_cuda installed")
+def test_gpu_options_read_from_dask_cuda_source_without_importing_it(tmp_path, monkeypatch):
+    """LocalCUDACluster's parameters come from parsing its file: importing dask_cuda initialises CUDA."""
+    from nemo_frames.cluster import ClusterOptionError, check_cluster_options
+
+    pkg = tmp_path / "dask_cuda"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise ImportError('importing dask_cuda would initialise CUDA')\n")
+    (pkg / "local_cuda_cluster.py").write_text(
+        "from distributed import LocalCluster\n\n\nclass LocalCUDACluster(LocalCluster):\n"
+        "    def __init__(self, CUDA_VISIBLE_DEVICES=None, n_workers=None, rmm_pool_size=None,\n"
+        "                 enable_cudf_spill=False, *, jit_unspill=None, **kwargs):\n"
+        "        super().__init__(n_workers=n_workers, **kwargs)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    check_cluster_options("gpu", {"rmm_pool_size": 0.5, "jit_unspill": True, "lifetime": "1h"})
+    with pytest.raises(ClusterOptionError, match=r"rmm_pool_sise: .*kind 'gpu' \(did you mean 'rmm_pool_size'\?\)"):
+        check_cluster_options("gpu", {"rmm_pool_sise": 0.5})
+    assert "dask_cuda" not in sys.modules

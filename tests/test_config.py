@@ -113,3 +113,23 @@ def test_demo_yaml_loads():
     c = load_config(ROOT / "configs" / "demo.yaml")
     assert c.score.clip is not None and c.score.clip.model == "nf-tiny-vit" and c.score.clip.pretrained is None
     assert {f.label for f in c.filters} == {"blur", "qr", "min_size"}
+
+
+def test_cluster_option_typo_is_a_config_error_naming_the_key(tmp_path):
+    # Before: the run started a LocalCluster and ended ~16 s later in "RuntimeError: Nanny failed to start".
+    with pytest.raises(ConfigError, match=r"cluster\.options\.n_wokers: unknown option 'n_wokers' for cluster "
+                                          r"kind 'local' \(did you mean 'n_workers'\?\)"):
+        cfg(cluster={"options": {"n_wokers": 2}})
+    p = tmp_path / "c.yaml"
+    p.write_text("input:\n  urls: a.tar\ncluster:\n  kind: slurm\n  options:\n    slurm:\n      wallltime: '01:00:00'\n")
+    with pytest.raises(ConfigError, match=r"cluster\.options\.slurm\.wallltime: .*did you mean 'walltime'"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"cluster\.options\.theads_per_worker: .*'threads_per_worker'"):
+        load_config(p, **{"cluster.kind": "local", "cluster.options": {"theads_per_worker": 1}})
+    # options of the classes get_client forwards to are accepted: LocalCluster, Nanny (processes only), Worker
+    ok = cfg(cluster={"options": {"n_workers": 2, "lifetime": "1h", "preload_nanny": [], "silence_logs": 30}})
+    assert ok.cluster.options["lifetime"] == "1h"
+    with pytest.raises(ConfigError, match=r"cluster\.options\.preload_nanny: unknown option .* kind 'threads'"):
+        cfg(cluster={"kind": "threads", "options": {"preload_nanny": []}})
+    with pytest.raises(ConfigError, match=r"cluster\.options\.adress: .*did you mean 'address'"):
+        cfg(cluster={"kind": "address", "options": {"adress": "tcp://127.0.0.1:8786"}})

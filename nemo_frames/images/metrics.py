@@ -50,13 +50,40 @@ def _shoelace(poly: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
+QRMethod = Literal["aruco", "aruco_decode", "classic", "classic_decode"]
+_QR_METHODS = ("aruco", "aruco_decode", "classic", "classic_decode")
+
+
+def _qr_detect(gray: np.ndarray, method: str) -> np.ndarray:
+    import cv2
+
+    # A fresh detector per call (about 1 µs): no state carried between images or threads.
+    det = cv2.QRCodeDetectorAruco() if method.startswith("aruco") else cv2.QRCodeDetector()
+    try:
+        if method.endswith("_decode"):
+            ok, _texts, points, _straight = det.detectAndDecodeMulti(gray)
+        else:
+            ok, points = det.detectMulti(gray)
+    except cv2.error:
+        # OpenCV raises on some degenerate inputs (tiny images); treat as "no code found", as NeMo Curator does.
+        return np.zeros((0, 4, 2), np.float32)
+    if not ok or points is None:
+        return np.zeros((0, 4, 2), np.float32)
+    return np.asarray(points, dtype=np.float32).reshape(-1, 4, 2)
+
+
 def qr_polygons(
-    rgb: np.ndarray, *, method: Literal["detect_decode", "detect"] = "detect_decode"
+    rgb: np.ndarray, *, method: QRMethod = "aruco", scales: tuple[float, ...] = (1.0,)
 ) -> np.ndarray:
     """Corner polygons ``(n, 4, 2)`` float32 of the QR codes OpenCV finds (empty ``(0, 4, 2)`` when none).
 
-    ``method="detect_decode"`` uses ``QRCodeDetector.detectAndDecodeMulti`` (codes it finds but cannot decode
-    still count); ``"detect"`` uses ``detectMulti``. The image is converted to grey with RGB weights first.
+    ``method`` picks the detector, chosen by measurement (``benchmarks/qr_recall.py``, table in
+    ``docs/operators/decode.md``): ``"aruco"`` (default) is ``cv2.QRCodeDetectorAruco().detectMulti``, which
+    finds finder patterns with ArUco's contour machinery and so keeps finding codes that are rotated, warped
+    or small; ``"classic"`` is ``cv2.QRCodeDetector().detectMulti``; the ``*_decode`` forms call
+    ``detectAndDecodeMulti`` instead (codes found but not decoded still count). ``scales`` are tried in
+    order on a resized copy (``INTER_AREA`` down, ``INTER_LINEAR`` up) until one finds a code; polygons are
+    mapped back to the input's pixel coordinates. The image is converted to grey with RGB weights first.
 
     Examples
     --------
@@ -66,30 +93,34 @@ def qr_polygons(
     """
     import cv2
 
+    if method not in _QR_METHODS:
+        raise ValueError(f"qr_polygons: method must be one of {_QR_METHODS}, got {method!r}")
+    if not scales or any(not 0 < s <= 8 for s in scales):
+        raise ValueError(f"qr_polygons: scales must be one or more factors in (0, 8], got {scales!r}")
     arr = _check_rgb(rgb, "qr_polygons")
     gray = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY) if arr.ndim == 3 else arr
-    det = cv2.QRCodeDetector()
-    try:
-        if method == "detect_decode":
-            ok, _texts, points, _straight = det.detectAndDecodeMulti(gray)
-        elif method == "detect":
-            ok, points = det.detectMulti(gray)
+    h, w = gray.shape
+    for s in scales:
+        if s == 1.0:
+            polys = _qr_detect(gray, method)
         else:
-            raise ValueError(f"method must be 'detect_decode' or 'detect', got {method!r}")
-    except cv2.error:
-        # OpenCV raises on some degenerate inputs (tiny images); treat as "no code found", as NeMo Curator does.
-        return np.zeros((0, 4, 2), np.float32)
-    if not ok or points is None:
-        return np.zeros((0, 4, 2), np.float32)
-    return np.asarray(points, dtype=np.float32).reshape(-1, 4, 2)
+            size = (max(1, round(w * s)), max(1, round(h * s)))
+            small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+            polys = _qr_detect(small, method)
+            polys = polys * np.array([w / size[0], h / size[1]], np.float32)
+        if len(polys):
+            return polys
+    return np.zeros((0, 4, 2), np.float32)
 
 
-def qr_area_ratio(rgb: np.ndarray, *, method: Literal["detect_decode", "detect"] = "detect_decode") -> float:
+def qr_area_ratio(
+    rgb: np.ndarray, *, method: QRMethod = "aruco", scales: tuple[float, ...] = (1.0,)
+) -> float:
     """Total area of detected QR-code polygons ÷ image area, clipped to 1.0 (0.0 when none is found).
 
     Each polygon's area is the shoelace area of its 4 corners (what ``cv2.contourArea`` gives); areas of all
     codes are **summed** (as NeMo Curator does), so overlapping detections may count twice, hence the clip.
-    The default filter keeps ``< 0.05``.
+    The default filter keeps ``< 0.05``. ``method`` and ``scales`` as in :func:`qr_polygons`.
 
     Examples
     --------
@@ -101,7 +132,7 @@ def qr_area_ratio(rgb: np.ndarray, *, method: Literal["detect_decode", "detect"]
     h, w = arr.shape[:2]
     if h == 0 or w == 0:
         return 0.0
-    polys = qr_polygons(arr, method=method)
+    polys = qr_polygons(arr, method=method, scales=scales)
     total = sum(_shoelace(p) for p in polys)
     return float(min(1.0, total / (h * w)))
 

@@ -38,7 +38,7 @@ from nemo_frames import schema as S
 from nemo_frames.interleaved import schema as IS
 from nemo_frames.io.jsonsafe import loads_strict
 from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members
-from nemo_frames.io.urls import expand_urls
+from nemo_frames.io.urls import expand_urls, open_shard
 from nemo_frames.io.webdataset import iter_json_sidecars, json_kind, merge_kinds, rows_to_frame
 from nemo_frames.ledger import STRING
 from nemo_frames.schema import ErrorCode, Status, error_text
@@ -239,7 +239,7 @@ def _index_shard(url: str, cfg: InterleavedReadConfig, storage_options: dict[str
         sh.rows.append(r)
 
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+        with open_shard(url, storage_options) as f:
             try:
                 for m in iter_members(f, want=want, max_read_size=max(cfg.max_json_size, cfg.max_member_size)):
                     if m.kind != "file":

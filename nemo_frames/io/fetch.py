@@ -13,11 +13,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import fsspec
 import pandas as pd
 import pyarrow as pa
 
 from nemo_frames import schema as S
+from nemo_frames.io.urls import open_shard
 from nemo_frames.ledger import mark_error
 from nemo_frames.schema import ErrorCode, Status
 
@@ -77,7 +77,7 @@ def read_ranges(
     out: list[bytes | None] = [None] * len(ranges)
     if not ranges:
         return []
-    with fsspec.open(url, "rb", **(storage_options or {})) as f:
+    with open_shard(url, storage_options) as f:
         for start, end, idx in coalesce(ranges, max_gap=max_gap):
             f.seek(start)
             buf = f.read(end - start)

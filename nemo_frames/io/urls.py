@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 from braceexpand import braceexpand
@@ -24,13 +25,83 @@ class NoShardsFound(FileNotFoundError):
     """No file matched the given URLs."""
 
 
+class NotRegularFile(OSError):
+    """A local shard path names a FIFO, device, socket or other non-regular file (recorded ``shard_unreadable``)."""
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "FIFO (named pipe)"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISDIR, "directory"),
+)
+
+
+def _not_regular(path: str, mode: int) -> NotRegularFile:
+    kind = next((name for test, name in _KINDS if test(mode)), f"special file (mode {oct(mode)})")
+    return NotRegularFile(
+        f"{path} is a {kind}, not a regular file; shards are read only from regular files (a pipe or device "
+        "could block the run forever or never end). Copy the data to a file and point input.urls at it"
+    )
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def open_shard(url: str, storage_options: dict[str, Any] | None = None) -> IO[bytes]:
+    """Open a shard for binary reading; a local path must be a regular file (else :class:`NotRegularFile`).
+
+    A FIFO opened for reading blocks until a writer appears, and a device such as ``/dev/zero`` never
+    ends, so a local path is opened non-blocking, checked with ``fstat`` on the open descriptor (no race
+    between the check and the open), and only then read. Remote URLs open through fsspec as before.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp(); p = os.path.join(d, "a.tar"); _ = open(p, "wb").write(b"x")
+    >>> with open_shard(p) as f: f.read()
+    b'x'
+    >>> os.mkfifo(os.path.join(d, "pipe.tar"))
+    >>> open_shard(os.path.join(d, "pipe.tar"))
+    Traceback (most recent call last):
+    ...
+    nemo_frames.io.urls.NotRegularFile: ... is a FIFO (named pipe), not a regular file; ...
+    """
+    fs, path = url_to_fs(url, **(storage_options or {}))
+    if not _is_local(fs):
+        return fsspec.open(url, "rb", **(storage_options or {})).open()
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        # A socket cannot be opened at all (ENXIO); name what it is rather than the errno.
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _has_magic(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
 def _full_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
+    if _is_local(fs):
         return os.path.abspath(path)
     return fs.unstrip_protocol(path)
 

@@ -18,14 +18,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import dask.dataframe as dd
-import fsspec
 import numpy as np
 import pandas as pd
 
 from nemo_frames import schema as S
 from nemo_frames.io.jsonsafe import loads_strict
 from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members
-from nemo_frames.io.urls import expand_urls, group_shards
+from nemo_frames.io.urls import expand_urls, group_shards, open_shard
 from nemo_frames.ledger import STRING
 from nemo_frames.schema import ErrorCode, Status, error_text
 
@@ -253,7 +252,7 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
             current = None
 
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+        with open_shard(url, storage_options) as f:
             try:
                 for m in iter_members(f, want=_want(cfg), max_read_size=max(cfg.max_sidecar_size, cfg.max_member_size)):
                     if m.kind == "dir":
@@ -413,7 +412,7 @@ def iter_json_sidecars(
     the iteration: this only samples field types; the scan itself records what is wrong.
     """
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+        with open_shard(url, storage_options) as f:
             n = 0
             for m in iter_members(f, want=lambda name, size: is_json(name) and size <= max_size):
                 if m.data is None:
