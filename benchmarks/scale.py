@@ -105,27 +105,50 @@ def _encode(img: np.ndarray, quality: int) -> bytes:
     return jpg.tobytes()
 
 
-def _random_view(rng: np.random.Generator) -> np.ndarray:
-    """A textured random crop of a random photo, flipped / rotated / tinted, 64–160 px square."""
+_SCALES = (1.0, 0.7, 0.5, 0.35, 0.25)
+_PYRAMID: list[np.ndarray] = []
+
+
+def _pyramid() -> list[np.ndarray]:
+    """Every photo at a few scales, made once per process, so a view is a crop and not a resize."""
     import cv2
 
-    assert _PHOTOS is not None
-    for _ in range(8):
-        photo = _PHOTOS[int(rng.integers(len(_PHOTOS)))]
-        h, w = photo.shape[:2]
-        side = int(rng.integers(max(16, min(h, w) // 8), min(h, w) - 1))
-        y, x = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
-        out_px = int(rng.integers(64, 161))
-        small = cv2.resize(photo[y : y + side, x : x + side], (out_px, out_px), interpolation=cv2.INTER_AREA)
-        small = np.rot90(small, int(rng.integers(4)))
-        if rng.random() < 0.5:
-            small = small[:, ::-1]
-        small = np.clip(small * rng.uniform(0.75, 1.25, size=3), 0, 255).astype(np.uint8)
-        # Mostly textured views (a flat patch of sky is a poor stand-in for a web image), some flat
-        # ones left in so the blur filter has work.
-        if cv2.Laplacian(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var() >= 60 or rng.random() < 0.1:
-            break
-    return np.ascontiguousarray(small)
+    if not _PYRAMID:
+        assert _PHOTOS is not None
+        for photo in _PHOTOS:
+            h, w = photo.shape[:2]
+            for sc in _SCALES:
+                _PYRAMID.append(photo if sc == 1.0 else cv2.resize(photo, (int(w * sc), int(h * sc)),
+                                                                   interpolation=cv2.INTER_AREA))
+    return _PYRAMID
+
+
+def _random_view(rng: np.random.Generator) -> np.ndarray:
+    """A 2 × 2 mosaic of random crops of random photos, each flipped / rotated, then tinted; 64–160 px.
+
+    A single crop of one of a few dozen photos would make the corpus grow more genuinely similar
+    images as it grows (two crops of the same sky are near duplicates), so the duplicate rate —
+    and with it the work of every later stage — would change with N. A mosaic of four independent
+    crops makes an accidental match as unlikely as four at once.
+    """
+    import cv2
+
+    pyr = _pyramid()
+    half = int(rng.integers(32, 81))
+    tiles = []
+    for _ in range(4):
+        src = pyr[int(rng.integers(len(pyr)))]
+        h, w = src.shape[:2]
+        while h <= half or w <= half:  # a small photo at a small scale: take the next larger scale
+            src = pyr[int(rng.integers(len(pyr)))]
+            h, w = src.shape[:2]
+        y, x = int(rng.integers(0, h - half)), int(rng.integers(0, w - half))
+        t = np.rot90(src[y : y + half, x : x + half], int(rng.integers(4)))
+        tiles.append(t[:, ::-1] if rng.random() < 0.5 else t)
+    img = np.concatenate([np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)], axis=0)
+    gain = rng.uniform(0.75, 1.25, size=3)
+    lut = np.clip(np.arange(256)[:, None] * gain[None, :], 0, 255).astype(np.uint8).reshape(256, 1, 3)
+    return cv2.LUT(np.ascontiguousarray(img), lut)
 
 
 def build_shard(args: tuple[str, int]) -> int:

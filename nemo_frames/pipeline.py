@@ -520,7 +520,11 @@ def _dedup(
         info[method] = int((~dup["is_survivor"]).sum()) if len(dup) else 0
         if len(dup):
             table = dd_mod.drop_duplicates(table, dup)
-            table = client.persist(table) if client is not None else table.persist()
+            if not cfg.score.checkpoint:
+                # Without a checkpoint the table's graph holds the score pass: keep its result instead of
+                # rescoring for every later stage. With one, the marks are recomputed from the Parquet
+                # checkpoint (cheap), so worker memory does not grow with the dataset.
+                table = client.persist(table) if client is not None else table.persist()
     return table, info
 
 
