@@ -390,17 +390,23 @@ def run_once(shards: Path, n: int, work: Path, *, fresh: bool = True) -> dict[st
 
 # --------------------------------------------------------------------------- resume check
 def _digest(run_dir: Path) -> dict[str, str]:
-    """sha256 of every exported shard file and of the ledger table's rows (sorted by key)."""
+    """sha256 of every exported shard and index, and of the Parquet rows (the run directory's own path,
+    which the exported Parquet records as each sample's new ``source``, replaced by a placeholder)."""
     import pandas as pd
     import pyarrow.parquet as pq
 
+    def rows(t: Any) -> str:
+        df = t.to_pandas().astype(str).replace(str(run_dir), "<RUN>", regex=True)
+        df = df.sort_values("key", kind="stable").reset_index(drop=True)
+        return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes()).hexdigest()
+
     out = {}
     for f in sorted((run_dir / "shards").glob("*")):
-        if f.suffix in (".tar", ".idx", ".parquet"):
+        if f.suffix in (".tar", ".idx"):
             out[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
-    t = pq.read_table(run_dir / "table").to_pandas()
-    t = t.sort_values("key", kind="stable").reset_index(drop=True)
-    out["table"] = hashlib.sha256(pd.util.hash_pandas_object(t.astype(str), index=False).values.tobytes()).hexdigest()
+        elif f.suffix == ".parquet":
+            out[f.name] = rows(pq.read_table(f))
+    out["table"] = rows(pq.read_table(run_dir / "table"))
     return out
 
 
@@ -417,7 +423,12 @@ def _kill_when(cfg_path: Path, res_path: Path, watch_dir: Path, pattern: str, at
     return False
 
 
+def _markers(d: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in d.glob("*.json")} if d.is_dir() else {}
+
+
 def resume_check(shards: Path, n: int, work: Path, reference: Path) -> list[tuple[str, str]]:
+    """SIGKILL curate in scoring, rerun and SIGKILL it in export, rerun to the end; compare with ``reference``."""
     import shutil
 
     n_parts = max(1, n // PER_SHARD)
@@ -428,18 +439,28 @@ def resume_check(shards: Path, n: int, work: Path, reference: Path) -> list[tupl
     cfg_path.write_text(json.dumps(cfg))
     res_path = work / f"result_resume_{n}.json"
     rows = []
-    killed = _kill_when(cfg_path, res_path, out / "scored", "*.done*", n_parts // 2)
-    rows.append(("kill in score (at half the partitions)", "killed" if killed else "finished before the kill"))
-    killed = _kill_when(cfg_path, res_path, out / "shards", "*.tar", max(1, n_parts // 4))
-    rows.append(("kill in export (at a quarter of the shards)", "killed" if killed else "finished before the kill"))
+    score_done, export_done = out / "scored" / "_done", out / "shards" / "_done"
+    killed = _kill_when(cfg_path, res_path, score_done, "*.json", max(1, n_parts // 2))
+    at_kill1 = _markers(score_done)
+    rows.append(("SIGKILL during score", f"{'killed' if killed else 'finished first'}: {len(at_kill1)} of {n_parts} "
+                 "partitions committed"))
+    killed = _kill_when(cfg_path, res_path, export_done, "*.json", max(1, n_parts // 8))
+    at_kill2 = _markers(export_done)
+    after2 = _markers(score_done)
+    redone = sum(1 for k, t in at_kill1.items() if after2.get(k) != t)
+    rows.append(("rerun, SIGKILL during export", f"{'killed' if killed else 'finished first'}: scored the other "
+                 f"{len(after2) - len(at_kill1)} partitions, rescored {redone} committed ones; "
+                 f"{len(at_kill2)} shards exported"))
     t0 = time.perf_counter()
     subprocess.run([sys.executable, __file__, "--child", str(cfg_path), str(res_path)], cwd=ROOT, check=True,
                    capture_output=True)
+    final = _markers(export_done)
+    rewritten = sum(1 for k, t in at_kill2.items() if final.get(k) != t)
     r = json.loads(res_path.read_text())
-    rows.append(("rerun to completion", f"{time.perf_counter() - t0:.0f} s; score partitions redone "
-                 f"{r['score'].get('scored')} of {r['score'].get('partitions')}"))
+    rows.append(("rerun to completion", f"{time.perf_counter() - t0:.0f} s: rescored {r['score'].get('scored')} "
+                 f"partitions, exported {len(final) - len(at_kill2)} more shards, rewrote {rewritten} committed ones"))
     same = _digest(out) == _digest(reference)
-    rows.append(("output identical to the uninterrupted run", "yes" if same else "NO"))
+    rows.append(("output (shards, idx, Parquet, table) identical to the uninterrupted run", "yes" if same else "NO"))
     return rows
 
 
