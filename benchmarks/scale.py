@@ -519,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="also SIGKILL/rerun at the largest N and compare outputs")
     ap.add_argument("--smoke", action="store_true", help="tiny shards for the test suite (100 samples per shard)")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
+    ap.add_argument("--build-only", action="store_true", help="build (or complete) the corpus for the largest size, then stop")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     global PER_SHARD
@@ -530,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         a.cache = a.cache / "smoke"
     sizes = sorted(a.sizes)
     shards = build_corpus(a.cache, sizes[-1])
+    if a.build_only:
+        return 0
     work = a.work or a.cache / "runs"
     work.mkdir(parents=True, exist_ok=True)
     results = {}
