@@ -519,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="also SIGKILL/rerun at the largest N and compare outputs")
     ap.add_argument("--smoke", action="store_true", help="tiny shards for the test suite (100 samples per shard)")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
+    ap.add_argument("--bracket", action="store_true",
+                    help="run the smallest N again after the largest, to show how much the machine's load moved")
     ap.add_argument("--build-only", action="store_true", help="build (or complete) the corpus for the largest size, then stop")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -540,8 +542,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curate at N={n:,} ...", file=sys.stderr, flush=True)
         results[n] = run_once(shards, n, work)
         print(f"  {results[n]['wall']:.1f} s", file=sys.stderr, flush=True)
+    again = None
+    if a.bracket and len(sizes) > 1:
+        print(f"curate at N={sizes[0]:,} again ...", file=sys.stderr, flush=True)
+        again = run_once(shards, sizes[0], work)
     print(f"\nbenchmarks/scale.py — {PER_SHARD} samples per shard, local cluster 2 workers x 1 thread\n")
     print(table(results))
+    if again is not None:
+        n0 = sizes[0]
+        print(f"\nbracket: N={n0:,} run again after the largest N (same machine, later load)\n")
+        print(f"| stage | s/1k @ {n0:,}, first | s/1k @ {n0:,}, again | s/1k @ {sizes[-1]:,} | ratio vs the faster {n0:,} run |")
+        print("|---|---|---|---|---|")
+        for st in STAGES:
+            v1, v2, vn = (r["seconds"].get(st, 0.0) / (r["samples_in"] / 1000) for r in (results[n0], again, results[sizes[-1]]))
+            best = min(v1, v2)
+            print(f"| {st} | {v1:.4f} | {v2:.4f} | {vn:.4f} | {vn / best:.2f}x |" if best > 0 else f"| {st} | {v1:.4f} | {v2:.4f} | {vn:.4f} | - |")
     if a.resume:
         n = sizes[-1]
         rows = resume_check(shards, n, work, work / f"run_{n}")
@@ -549,7 +564,10 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in rows:
             print(f"| {k} | {v} |")
     if a.json:
-        a.json.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+        raw = {str(k): v for k, v in results.items()}
+        if again is not None:
+            raw[f"{sizes[0]}_again"] = again
+        a.json.write_text(json.dumps(raw, indent=1))
     return 0
 
 
