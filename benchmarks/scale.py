@@ -521,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
     ap.add_argument("--bracket", action="store_true",
                     help="run the smallest N again after the largest, to show how much the machine's load moved")
+    ap.add_argument("--resume-only", type=int, default=None, metavar="N",
+                    help="only the resume check at N, against the uninterrupted run already in <work>/run_N")
     ap.add_argument("--build-only", action="store_true", help="build (or complete) the corpus for the largest size, then stop")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -532,6 +534,14 @@ def main(argv: list[str] | None = None) -> int:
         PER_SHARD = 100
         a.cache = a.cache / "smoke"
     sizes = sorted(a.sizes)
+    if a.resume_only:
+        work = a.work or a.cache / "runs"
+        shards = build_corpus(a.cache, a.resume_only)
+        rows = resume_check(shards, a.resume_only, work, work / f"run_{a.resume_only}")
+        print(f"\nresume at N={a.resume_only:,}\n\n| step | result |\n|---|---|")
+        for k, v in rows:
+            print(f"| {k} | {v} |")
+        return 0
     shards = build_corpus(a.cache, sizes[-1])
     if a.build_only:
         return 0
