@@ -131,6 +131,10 @@ class ScoreSection:
     prefetch : bool
         Decode the next CLIP batch in a helper thread while the model runs. Does not change any
         result; turn it off only to keep a worker to exactly one busy thread.
+    embedding_field : str or None
+        Precomputed image embeddings: the sidecar JSON field that holds each sample's vector (a list
+        of numbers). It becomes the ``embedding`` column (L2-normalised, length checked) for semantic
+        dedup, with ``clip: null``. See :mod:`nemo_frames.models.precomputed`.
     """
 
     clip: ClipSection | None = field(default_factory=ClipSection)
@@ -144,6 +148,7 @@ class ScoreSection:
     batch_size: int = 64
     checkpoint: bool = True
     prefetch: bool = True
+    embedding_field: str | None = None
 
 
 @dataclass

@@ -80,6 +80,8 @@ class ScorePlan:
     notes: list[str] = field(default_factory=list)
     skipped_columns: dict[str, str] = field(default_factory=dict)
     random_weights: bool = False
+    # (field, dim) of precomputed embeddings read from the sidecars, when score.embedding_field is set.
+    sidecar_embedding: tuple[str, int] | None = None
 
 
 @dataclass
@@ -191,8 +193,18 @@ def plan_score(cfg: PipelineConfig) -> ScorePlan:
                         "clip_score and semantic dedup exercise the code path but their values are meaningless; "
                         "set score.clip.pretrained to real weights for real scores"
                     )
+    if sc.embedding_field:
+        if "clip" in kw:
+            raise ConfigError(
+                f"score.embedding_field: {sc.embedding_field!r} and score.clip both produce the embedding column; "
+                "set score.clip: null to use the precomputed vectors, or remove score.embedding_field"
+            )
+        plan.sidecar_embedding = _sidecar_embedding_dim(cfg, sc.embedding_field)
+        clip_off_why = f"the embedding column comes from the sidecar field {sc.embedding_field!r}"
     if "clip" not in kw:
         for col in (S.EMBEDDING, S.TEXT_EMBEDDING, S.CLIP_SCORE):
+            if col == S.EMBEDDING and plan.sidecar_embedding:
+                continue
             plan.skipped_columns[col] = clip_off_why
     elif not kw.get("text"):
         plan.skipped_columns[S.CLIP_SCORE] = "clip_score skipped: score.clip.text is false"
@@ -225,6 +237,23 @@ def plan_score(cfg: PipelineConfig) -> ScorePlan:
     return plan
 
 
+def _sidecar_embedding_dim(cfg: PipelineConfig, field_name: str) -> tuple[str, int]:
+    """``(field, dim)`` of the precomputed embeddings, the dimension read from the first shard's sidecars."""
+    from nemo_frames.io.urls import expand_urls
+    from nemo_frames.models.precomputed import infer_dim
+
+    so = cfg.input.storage_options or None
+    shards = expand_urls(cfg.input.urls, storage_options=so)
+    for s in shards[:3]:
+        dim = infer_dim(s.url, field_name, storage_options=so)
+        if dim:
+            return field_name, dim
+    raise ConfigError(
+        f"score.embedding_field: no sidecar in the first {min(len(shards), 3)} shard(s) has a non-empty list in field "
+        f"{field_name!r}; check the field name (the sidecars' .json members) or remove score.embedding_field"
+    )
+
+
 def _embed_dim(model: str) -> int | None:
     from nemo_frames.models.clip import architecture_config
 
@@ -251,6 +280,8 @@ def _score_fingerprint(cfg: PipelineConfig, plan: ScorePlan, urls: list[str]) ->
 
     # prefetch changes how fast, not what: a checkpoint made either way is resumed either way.
     kw = {k: v for k, v in plan.kwargs.items() if k not in ("storage_options", "prefetch")}
+    if plan.sidecar_embedding:
+        kw["sidecar_embedding"] = list(plan.sidecar_embedding)
     if "clip" in kw:
         kw["clip"] = dataclasses.asdict(kw["clip"])
         kw["clip"].pop("batch_size", None)
@@ -335,6 +366,10 @@ def _score_stage(
     from nemo_frames.scoring import score
 
     n = scanned.npartitions
+    if plan.sidecar_embedding:
+        from nemo_frames.models.precomputed import sidecar_embeddings
+
+        scanned = sidecar_embeddings(scanned, *plan.sidecar_embedding)
     if not cfg.score.checkpoint:
         scored = score(scanned, **plan.kwargs)
         scored = client.persist(scored) if client is not None else scored.persist()
@@ -392,6 +427,13 @@ def _filters(cfg: PipelineConfig, table: Any, plan: ScorePlan, notes: list[str])
         stages.append(Threshold(f.column, f.op, f.value, name=f.label))
         applied.append({"name": f.label, "column": f.column, "op": f.op, "value": f.value})
     return (apply_filters(table, stages) if stages else table), applied
+
+
+def _counts_frame(part: pd.DataFrame) -> pd.DataFrame:
+    """The ledger counts of one partition as a one-row frame (JSON text), to add up on the driver."""
+    from nemo_frames.ledger import counts
+
+    return pd.DataFrame({"counts": [json.dumps(counts(part))]})
 
 
 def _write_frame(df: pd.DataFrame, path: str) -> None:
@@ -488,16 +530,17 @@ def _dedup(
         info[method] = int((~dup["is_survivor"]).sum()) if len(dup) else 0
         if len(dup):
             table = dd_mod.drop_duplicates(table, dup)
-            table = client.persist(table) if client is not None else table.persist()
+            if not cfg.score.checkpoint:
+                # Without a checkpoint the table's graph holds the score pass: keep its result instead of
+                # rescoring for every later stage. With one, the marks are recomputed from the Parquet
+                # checkpoint (cheap), so worker memory does not grow with the dataset.
+                table = client.persist(table) if client is not None else table.persist()
     return table, info
 
 
 def _summary(
-    cfg: PipelineConfig, ledger_df: pd.DataFrame, timer: StageTimer, export: Any, extra: dict[str, Any]
+    cfg: PipelineConfig, c: dict[str, Any], timer: StageTimer, export: Any, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    from nemo_frames.ledger import counts
-
-    c = counts(ledger_df)
     st = c["by_status"]
     reasons = c["filtered_by_reason"]
     dups = {k[len("dedup_"):]: v for k, v in reasons.items() if k.startswith("dedup_")}
@@ -601,8 +644,15 @@ def curate(
 
             slim = table.drop(columns=[c for c in _HEAVY if c in table.columns])
             write = write_parquet(slim, os.path.join(cfg.output, "table"), overwrite=True, compute=False)
-            # One pass over the scored table: the write and the ledger columns share its read.
-            _, ledger_df = dask.compute(write, slim[[S.KEY, S.STATUS, S.ERROR, S.REASON]])
+            from nemo_frames.ledger import merge_counts
+
+            # One pass over the scored table: the write and the ledger counts share its read. Counts
+            # are per partition, added up here: the driver holds a few dicts, never the ledger's rows.
+            per_part = slim[[S.STATUS, S.ERROR, S.REASON]].map_partitions(
+                _counts_frame, meta=pd.DataFrame({"counts": pd.Series([], dtype=object)})
+            )
+            _, per_part = dask.compute(write, per_part)
+            ledger_counts = merge_counts([json.loads(c) for c in per_part["counts"]])
         export = None
         if cfg.export.enabled:
             with timer("export"):
@@ -621,7 +671,7 @@ def curate(
         "score_columns": score_columns,
     }
     timer.seconds["total"] = time.perf_counter() - t_start
-    summary = _summary(cfg, ledger_df, timer, export, extra)
+    summary = _summary(cfg, ledger_counts, timer, export, extra)
     _write_json(os.path.join(cfg.output, "summary.json"), summary)
     report_path = None
     if cfg.report.enabled:

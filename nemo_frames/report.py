@@ -25,12 +25,14 @@ import math
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute  # registers pa.compute
 
 from nemo_frames import schema as S
 
@@ -301,76 +303,149 @@ def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
     return f'<table class="t"><tr>{head}</tr>{body}</table>'
 
 
-def _load(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    from nemo_frames.io.parquet import read_parquet
+# The report reads the table in batches and keeps only bounded pieces of it: a sample for the
+# histograms, the rows nearest each threshold, the first errors, and the rows it shows as thumbnails.
+# Its memory is then the same for a thousand rows or a hundred million.
+HIST_SAMPLE_ROWS = 200_000
+_BATCH_ROWS = 65_536
 
+
+def _load_summary(run_dir: Path) -> dict[str, Any]:
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise FileNotFoundError(
             f"report: {summary_path} not found; {run_dir} is not a run directory of nemo_frames.curate "
             "(run `nemo-frames curate CONFIG` first, or pass the `output` directory of a finished run)"
         )
-    summary = json.loads(summary_path.read_text())
-    table = read_parquet(str(run_dir / "table")).compute()
-    return summary, table
+    return json.loads(summary_path.read_text())
 
 
-def _filter_sections(summary: dict[str, Any], table: pd.DataFrame, per_grid: int, thumbs_for: list[pd.DataFrame]) -> list[tuple[str, pd.DataFrame, pd.DataFrame, dict]]:
-    """Per filter: (name, dropped rows nearest the threshold first, kept rows nearest the threshold first, spec)."""
-    out = []
-    reason_name = table[S.REASON].astype(object).map(lambda r: r.split(":", 1)[0] if isinstance(r, str) else None)
-    seen: set[str] = set()
+def _table_files(run_dir: Path) -> list[str]:
+    import re
+
+    files = [p for p in (run_dir / "table").glob("*.parquet") if not p.name.startswith((".", "_"))]
+    # part.2 before part.10: the table's partition order, so the report is the same from run to run.
+    return [str(p) for p in sorted(files, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])]
+
+
+def _batches(files: list[str], columns: list[str] | None = None, filter: Any = None) -> Iterator[pd.DataFrame]:
+    import pyarrow.dataset as pads
+
+    from nemo_frames.io.parquet import to_pandas
+
+    if not files:
+        return
+    ds = pads.dataset(files, format="parquet")
+    cols = None if columns is None else [c for c in columns if c in ds.schema.names]
+    for batch in ds.to_batches(columns=cols, filter=filter, batch_size=_BATCH_ROWS):
+        if batch.num_rows:
+            yield to_pandas(pa.Table.from_batches([batch]))
+
+
+def _nearest(current: pd.DataFrame | None, new: pd.DataFrame, by: list[str], k: int) -> pd.DataFrame:
+    """The ``k`` first rows of ``current`` ∪ ``new`` ordered by ``by``: a running top-k over batches."""
+    both = new if current is None or not len(current) else pd.concat([current, new], ignore_index=True)
+    return both.sort_values(by, na_position="last", kind="stable").head(k).reset_index(drop=True)
+
+
+def _scan_table(run_dir: Path, summary: dict[str, Any], per_grid: int,
+                score_cols: list[str]) -> tuple[pd.DataFrame, list[tuple[str, pd.DataFrame, pd.DataFrame, dict]], pd.DataFrame]:
+    """One pass over ``table/``: (histogram sample, filter sections, first errors), all bounded in size."""
+    import pyarrow.parquet as pq
+
+    files = _table_files(run_dir)
+    n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    keep_p = min(1.0, HIST_SAMPLE_ROWS / max(n_rows, 1))
+    rng = np.random.default_rng(0)
+    specs: dict[str, list[dict]] = {}
     for f in summary.get("filters", []):
-        name, col = f["name"], f["column"]
-        if name in seen or col not in table.columns:
+        specs.setdefault(f["name"], []).append(f)
+    samples: list[pd.DataFrame] = []
+    dropped: dict[str, pd.DataFrame | None] = dict.fromkeys(specs)
+    kept: dict[str, pd.DataFrame | None] = dict.fromkeys(specs)
+    errors: pd.DataFrame | None = None
+    for part in _batches(files):
+        part = part[part[S.KEY].notna()]
+        if not len(part):
             continue
-        seen.add(name)
-        cols_of = [g["column"] for g in summary["filters"] if g["name"] == name]
-        dist = np.min(np.stack([np.abs(pd.to_numeric(table[c], errors="coerce").astype("float64").to_numpy() - float(g["value"]))
-                                for g in summary["filters"] if g["name"] == name for c in [g["column"]]]), axis=0)
-        t = table.assign(_dist=dist)
-        dropped = t[reason_name == name].sort_values(["_dist", S.KEY], na_position="last").head(per_grid)
-        kept = t[(t[S.STATUS] == "ok") & t[cols_of].notna().all(axis=1)].sort_values(["_dist", S.KEY]).head(per_grid)
-        thumbs_for += [dropped, kept]
-        out.append((name, dropped, kept, f))
-    return out
+        pick = rng.random(len(part)) < keep_p
+        samples.append(part.loc[pick, [c for c in [*score_cols, S.STATUS] if c in part.columns]])
+        reason = part[S.REASON].astype(object).map(lambda r: r.split(":", 1)[0] if isinstance(r, str) else None)
+        for name, fs in specs.items():
+            cols_of = [g["column"] for g in fs if g["column"] in part.columns]
+            if len(cols_of) < len(fs):
+                continue
+            dist = np.min(np.stack([np.abs(pd.to_numeric(part[g["column"]], errors="coerce").astype("float64").to_numpy()
+                                           - float(g["value"])) for g in fs]), axis=0)
+            t = part.assign(_dist=dist)
+            dropped[name] = _nearest(dropped[name], t[(reason == name).to_numpy()], ["_dist", S.KEY], per_grid)
+            ok = (t[S.STATUS] == "ok") & t[cols_of].notna().all(axis=1)
+            kept[name] = _nearest(kept[name], t[ok.to_numpy()], ["_dist", S.KEY], per_grid)
+        errors = _nearest(errors, part[(part[S.STATUS] == "error").to_numpy()], [S.KEY], per_grid)
+    sample = pd.concat(samples, ignore_index=True) if samples else pd.DataFrame(columns=[*score_cols, S.STATUS])
+    sections = [(name, dropped[name], kept[name], specs[name][0]) for name in specs
+                if dropped[name] is not None and kept[name] is not None]
+    if errors is None:
+        errors = pd.DataFrame(columns=[S.KEY, S.STATUS, S.ERROR])
+    return sample, sections, errors
+
+
+def _rows_for_keys(run_dir: Path, keys: Sequence[str]) -> pd.DataFrame:
+    """The table rows of ``keys`` (a few dozen: the duplicate groups shown), read with a pushed-down filter."""
+    import pyarrow.dataset as pads
+
+    if not keys:
+        return pd.DataFrame()
+    parts = list(_batches(_table_files(run_dir), filter=pads.field(S.KEY).isin(list(keys))))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _first_groups(path: Path, n_groups: int) -> list[pd.DataFrame]:
+    """The first ``n_groups`` duplicate groups (by ``group_id``) of a dedup table, survivor first."""
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(path, columns=["group_id"]).column("group_id")
+    if not len(ids):
+        return []
+    first = sorted(set(pa.compute.unique(ids).to_pylist()) - {None})[:n_groups]
+    dup = pads.dataset(str(path), format="parquet").to_table(filter=pads.field("group_id").isin(first)).to_pandas()
+    return [g.sort_values(["is_survivor", "key"], ascending=[False, True]) for _, g in dup.groupby("group_id", sort=True)]
 
 
 def build_report(run_dir: str | os.PathLike[str], *, per_grid: int = 16, thumb_px: int = 128,
                  storage_options: dict[str, Any] | None = None) -> str:
     """The report of a run directory as one HTML string (see :func:`write_report`)."""
     run = Path(run_dir)
-    summary, table = _load(run)
+    summary = _load_summary(run)
     if storage_options is None:
         storage_options = ((summary.get("config") or {}).get("input") or {}).get("storage_options") or None
-    table = table[table[S.KEY].notna()].reset_index(drop=True)
     filters = summary.get("filters", [])
-    score_cols = [c for c in summary.get("score_columns", []) if c in table.columns]
-    thumbs_for: list[pd.DataFrame] = []
-    sections = _filter_sections(summary, table, per_grid, thumbs_for)
-    errors = table[table[S.STATUS] == "error"].sort_values(S.KEY).head(per_grid)
-    thumbs_for.append(errors)
+    score_cols = list(summary.get("score_columns", []))
+    sample, sections, errors = _scan_table(run, summary, per_grid, score_cols)
+    score_cols = [c for c in score_cols if c in sample.columns]
+    thumbs_for: list[pd.DataFrame] = [d for _, dropped, kept, _ in sections for d in (dropped, kept)] + [errors]
     dup_tables = {}
+    groups_shown: dict[str, list[pd.DataFrame]] = {}
     for method in ("exact", "perceptual", "semantic"):
         p = run / "dedup" / f"{method}.parquet"
-        if p.is_file():
-            dup_tables[method] = pd.read_parquet(p)
-    groups_shown: dict[str, list[pd.DataFrame]] = {}
-    by_key = table.set_index(table[S.KEY].astype(object))
-    for method, dup in dup_tables.items():
-        if not len(dup):
+        if not p.is_file():
             continue
-        gs = []
-        for _, g in dup.groupby("group_id", sort=True):
-            gs.append(g.sort_values(["is_survivor", "key"], ascending=[False, True]))
-            if len(gs) >= max(per_grid // 2, 4):
-                break
-        groups_shown[method] = gs
-        keys = pd.Index(pd.concat(gs)["key"].astype(object)).intersection(by_key.index)
-        thumbs_for.append(by_key.loc[keys].reset_index(drop=True))
-    need = pd.concat([d for d in thumbs_for if len(d)], ignore_index=True) if any(len(d) for d in thumbs_for) else table.iloc[:0]
-    need = need.drop_duplicates(S.KEY)
-    thumbs = thumbnails(need, thumb_px=thumb_px, storage_options=storage_options) if len(need) else {}
+        import pyarrow.parquet as pq
+
+        meta = pq.read_table(p, columns=["is_survivor", "group_id"])
+        dup_tables[method] = (int(pa.compute.sum(pa.compute.invert(meta.column("is_survivor"))).as_py() or 0),
+                              int(pa.compute.count_distinct(meta.column("group_id")).as_py() or 0))
+        gs = _first_groups(p, max(per_grid // 2, 4))
+        if gs:
+            groups_shown[method] = gs
+    group_keys = sorted({k for gs in groups_shown.values() for g in gs for k in g["key"].astype(object)})
+    thumbs_for.append(_rows_for_keys(run, group_keys))
+    need = pd.concat([d for d in thumbs_for if len(d)], ignore_index=True) if any(len(d) for d in thumbs_for) else None
+    thumbs = {}
+    if need is not None and S.SOURCE in need.columns:
+        need = need.drop_duplicates(S.KEY)
+        thumbs = thumbnails(need, thumb_px=thumb_px, storage_options=storage_options)
 
     h: list[str] = []
     cfg = summary.get("config", {})
@@ -402,10 +477,12 @@ def build_report(run_dir: str | os.PathLike[str], *, per_grid: int = 16, thumb_p
     # Histograms
     if score_cols:
         h.append("<h2 id='scores'>Score distributions</h2><div class='charts'>")
+        if len(sample) < summary.get("samples_in", 0):
+            h.append(f"<p>From a uniform sample of {len(sample):,} rows.</p>")
         for col in score_cols:
-            vals = pd.to_numeric(table[col], errors="coerce").astype("float64").to_numpy()
+            vals = pd.to_numeric(sample[col], errors="coerce").astype("float64").to_numpy()
             thr = [(float(f["value"]), f"{f['op']} {f['value']:g}") for f in filters if f["column"] == col]
-            h.append("<div class='chart'>" + histogram_svg(vals, kept=(table[S.STATUS] == "ok").to_numpy(),
+            h.append("<div class='chart'>" + histogram_svg(vals, kept=(sample[S.STATUS] == "ok").to_numpy(),
                                                            thresholds=thr, title=col) + "</div>")
         h.append("</div>")
     # Filter grids
@@ -440,8 +517,8 @@ def build_report(run_dir: str | os.PathLike[str], *, per_grid: int = 16, thumb_p
     # Duplicates
     if dup_tables:
         h.append("<h2 id='dedup'>Duplicate groups (survivor outlined in green)</h2>")
-        h.append(_table([(m, int((~t["is_survivor"]).sum()) if len(t) else 0, int(t["group_id"].nunique()) if len(t) else 0)
-                         for m, t in dup_tables.items()], ("method", "removed", "groups")))
+        h.append(_table([(m, removed, groups) for m, (removed, groups) in dup_tables.items()],
+                        ("method", "removed", "groups")))
     for method, gs in groups_shown.items():
         h.append(f"<h3>{_esc(method)}</h3>")
         for g in gs:

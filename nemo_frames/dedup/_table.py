@@ -233,12 +233,18 @@ def drop_duplicates(df: Any, dup_table: pd.DataFrame) -> Any:
     losers = dup_table[~dup_table["is_survivor"]].drop_duplicates("key", keep="first")
     reasons = pd.Series([_reason(r) for r in losers.itertuples(index=False)], index=losers["key"].astype(object), dtype=object)
 
-    def mark(part: pd.DataFrame) -> pd.DataFrame:
-        part = ledger.ensure_ledger(part)
-        r = part[KEY].astype(object).map(reasons)
-        keep = r.isna().to_numpy()
-        return ledger.mark_filtered(part, keep, pd.Series(r.to_numpy(), index=part.index))
-
     if hasattr(df, "map_partitions"):
-        return df.map_partitions(mark, meta=ledger.ensure_ledger(df._meta))
-    return mark(df)
+        import dask
+
+        # The reasons go into the graph once, as one key every partition depends on; captured in a
+        # closure they would travel with each task, partitions × duplicates bytes at scale.
+        return df.map_partitions(_mark_reasons, dask.delayed(reasons, pure=True),
+                                 meta=ledger.ensure_ledger(df._meta))
+    return _mark_reasons(df, reasons)
+
+
+def _mark_reasons(part: pd.DataFrame, reasons: pd.Series) -> pd.DataFrame:
+    part = ledger.ensure_ledger(part)
+    r = part[KEY].astype(object).map(reasons)
+    keep = r.isna().to_numpy()
+    return ledger.mark_filtered(part, keep, pd.Series(r.to_numpy(), index=part.index))

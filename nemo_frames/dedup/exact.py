@@ -15,7 +15,7 @@ from nemo_frames.dedup._table import (
     group_survivors,
     rank_order,
 )
-from nemo_frames.schema import CONTENT_HASH, KEY
+from nemo_frames.schema import CONTENT_HASH, KEY, STATUS, Status
 
 
 def _ranks(keys: np.ndarray, policy: str, score: np.ndarray | None) -> np.ndarray:
@@ -78,6 +78,8 @@ def exact_duplicates(
     cols = [KEY, hash_column] + ([score_column] if score_column else [])
     if policy == "max_score" and not score_column:
         raise ValueError("exact_duplicates: policy='max_score' needs score_column=<a numeric column>")
+    if hasattr(df, "map_partitions") and df.npartitions > 1:
+        return _exact_distributed(df, cols, policy=policy, score_column=score_column, hash_column=hash_column)
     pdf = collect(df, cols, stage="exact_duplicates")
     n_rows = len(pdf)
     pdf = pdf[pdf[hash_column].notna()]
@@ -103,3 +105,47 @@ def exact_duplicates(
         }
     )
     return finish_dup_table(table, n_rows=n_rows, method="exact")
+
+
+def _exact_distributed(
+    df: Any, cols: list[str], *, policy: Literal["smallest_key", "max_score"], score_column: str | None, hash_column: str
+) -> pd.DataFrame:
+    """Exact dedup of a Dask frame without bringing every hash to the driver.
+
+    The narrow ``ok`` rows are shuffled by hash, so every group lands in one partition, each
+    partition finds its own groups, and only the rows of groups of two or more come back. The
+    driver then holds the duplicates, not the dataset: its memory follows the duplicate count.
+    """
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise KeyError(
+            f"exact_duplicates: input is missing column(s) {missing}; found {list(df.columns)}. "
+            "Compute them in the scoring pass first (or rename your columns to these names)."
+        )
+    sub = df[[*cols, STATUS]] if STATUS in df.columns else df[cols]
+    if STATUS in sub.columns:
+        sub = sub[sub[STATUS] == Status.OK.value][cols]
+    n_rows = sub[KEY].isna().map_partitions(len).sum()
+    n_null_keys = sub[KEY].isna().sum()
+    sub = sub[~sub[hash_column].isna()]
+    # About 8 input partitions per output: the narrow rows are small, and fewer outputs mean fewer tasks.
+    shuffled = sub.shuffle(on=hash_column, npartitions=max(1, df.npartitions // 8))
+    meta = empty_dup_table()
+    groups = shuffled.map_partitions(_exact_partition, policy=policy, score_column=score_column,
+                                     hash_column=hash_column, meta=meta)
+    import dask
+
+    table, n, n_null = dask.compute(groups, n_rows, n_null_keys)
+    if n_null:
+        raise ValueError(f"exact_duplicates: column 'key' has {int(n_null)} missing values; every sample needs a key")
+    if not len(table):
+        out = empty_dup_table()
+        out.attrs.update({"n_rows": int(n), "method": "exact"})
+        return out
+    return finish_dup_table(table, n_rows=int(n), method="exact")
+
+
+def _exact_partition(part: pd.DataFrame, *, policy: Any, score_column: str | None, hash_column: str) -> pd.DataFrame:
+    t = exact_duplicates(part.reset_index(drop=True), policy=policy, score_column=score_column, hash_column=hash_column)
+    t.attrs.clear()
+    return t[list(empty_dup_table().columns)]
