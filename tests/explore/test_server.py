@@ -98,3 +98,16 @@ def test_cli_explore_on_a_non_run_directory(tmp_path, capsys):
 
     assert main(["explore", str(tmp_path), "--port", "0"]) == 2
     assert "curate" in capsys.readouterr().err
+
+
+def test_curate_ends_by_printing_the_explore_command(tmp_path, capsys):
+    from nemo_frames.pipeline import curate
+    from tests._demo import demo_config, demo_shards
+
+    data, _ = demo_shards(tmp_path)
+    out = tmp_path / "out"
+    cfg = demo_config(data, out, **{"export.enabled": False, "report.enabled": False, "dedup.exact": False,
+                                    "dedup.perceptual": None, "score.qr": False, "filters": [{"blur": 100}]})
+    curate(cfg, progress=True)
+    err = capsys.readouterr().err.rstrip().splitlines()
+    assert err[-1] == f"[nemo_frames] explore the run: nemo-frames explore {out}"
