@@ -454,6 +454,19 @@ class RunData:
         return {"column": column, "op": op, "value": v, "scope": int(n), "keep": int(keep), "remove": int(n - keep),
                 "kept_nearest": kept, "removed_nearest": removed}
 
+    def quantiles(self, column: str, n: int = 100) -> list[float]:
+        """``n + 1`` quantiles of ``column`` (0 … 1): the threshold slider moves through the data evenly."""
+        self._need_samples()
+        c = _q(self._col(column, "column", self.numeric))
+        qs = [i / n for i in range(n + 1)]
+        cur = self._cur()
+        try:
+            row = cur.execute(f"SELECT quantile_cont({c}::DOUBLE, ?::DOUBLE[]) FROM samples WHERE {c} IS NOT NULL",
+                              [qs]).fetchone()
+        finally:
+            cur.close()
+        return [float(v) for v in (row[0] or [])]
+
     def config_fragment(self, thresholds: Sequence[dict[str, Any]]) -> str:
         """The ``filters:`` YAML fragment for ``curate`` with these thresholds (``{column, op, value, name}``)."""
         import yaml

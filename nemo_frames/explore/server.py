@@ -137,6 +137,11 @@ class WhatIfHandler(_Base):
                                        self.get_argument("value", ""), k=_int(self, "k", 12)))
 
 
+class QuantilesHandler(_Base):
+    async def get(self) -> None:
+        self.write_json({"quantiles": await self.run(self.data.quantiles, self.get_argument("column", ""))})
+
+
 class FragmentHandler(_Base):
     async def get(self) -> None:
         try:
@@ -198,6 +203,7 @@ def make_app(data: RunData, *, hosts: set[str] | None = None, workers: int = 4) 
         (r"/api/item_image/(\d+)", ImageHandler, {**kw, "items": True}),
         (r"/api/whatif", WhatIfHandler, kw),
         (r"/api/fragment", FragmentHandler, kw),
+        (r"/api/quantiles", QuantilesHandler, kw),
         (r"/api/dups", DupsHandler, kw),
         (r"/api/sweep", SweepHandler, kw),
         (r"/api/docs", DocsHandler, kw),

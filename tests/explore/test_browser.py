@@ -83,6 +83,14 @@ def test_a_threshold_change_updates_the_counts(page, explorer):
     shown = page.eval("Array.from(document.querySelectorAll('#t-removed .card')).map(c => c.title)")
     assert shown == [r["key"] for r in want["removed_nearest"]]
     assert broken_images(page) == []
+    # The slider walks the quantiles: its middle is the median, and moving it moves the counts.
+    page.set_value("#t-slider", 50)
+    median = explorer.data.quantiles("blur_score")[50]
+    page.wait_for(f"Math.abs(Number(document.querySelector('#t-keep').dataset.value) - {median}) < {median} * 1e-3")
+    half = explorer.data.whatif("blur_score", ">=", float(page.eval("document.querySelector('#t-value').value")))
+    page.wait_for(f"document.querySelector('#t-keep').textContent === '{half['keep']}'")
+    page.set_value("#t-value", 1000)
+    page.wait_for("document.querySelector('#t-keep').dataset.value === '1000'")
     page.click("#t-add")
     page.wait_for("document.querySelector('#t-yaml').textContent.includes('value: 1000.0')")
     assert "column: blur_score" in page.eval("document.querySelector('#t-yaml').textContent")

@@ -79,6 +79,14 @@ def test_whatif_counts_and_neighbours(data, table):
     assert low["remove"] == int((scope.qr_area_ratio >= 0.05).sum()) == 3
 
 
+def test_quantiles_match_numpy(data, table):
+    import numpy as np
+
+    q = data.quantiles("blur_score", n=10)
+    want = np.quantile(table.blur_score.dropna().astype("float64"), np.linspace(0, 1, 11))
+    np.testing.assert_allclose(q, want, rtol=1e-6)
+
+
 def test_config_fragment_is_curate_yaml(data):
     from nemo_frames.config import config_from_dict
 

@@ -4,7 +4,7 @@ const $ = (s) => document.querySelector(s);
 const esc = (v) => (v === null || v === undefined ? "" : String(v)).replace(/[&<>"']/g,
   (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
 const fmt = (v) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : esc(v));
-const state = {meta: null, offset: 0, limit: 48, chosen: {}, loaded: {}, seq: 0};
+const state = {meta: null, offset: 0, limit: 48, chosen: {}, loaded: {}, seq: 0, quantiles: []};
 window.nfState = state;  // for tests and the curious
 
 async function api(path) {
@@ -103,16 +103,33 @@ function thresholdColumns() {
   return out;
 }
 
-function selectThresholdColumn() {
+// The slider moves through the column's quantiles (0 … 100 %), so a long-tailed score is as easy to
+// scan as a uniform one; the number field holds the value itself.
+function sliderToValue(pos) {
+  const q = state.quantiles, i = Math.floor(pos), f = pos - i;
+  return i >= q.length - 1 ? q[q.length - 1] : q[i] + f * (q[i + 1] - q[i]);
+}
+
+function valueToSlider(v) {
+  const q = state.quantiles;
+  if (!q.length || v <= q[0]) return 0;
+  for (let i = 1; i < q.length; i++) {
+    if (v <= q[i]) return i - 1 + (q[i] > q[i - 1] ? (v - q[i - 1]) / (q[i] - q[i - 1]) : 1);
+  }
+  return q.length - 1;
+}
+
+async function selectThresholdColumn() {
   const c = state.tcols.find((x) => x.name === $("#t-col").value);
   if (!c) return;
+  state.quantiles = (await api("/api/quantiles?column=" + encodeURIComponent(c.name))).quantiles;
   const chosen = state.chosen[c.name];
   $("#t-op").value = chosen ? chosen.op : c.op;
   const s = $("#t-slider");
-  s.min = c.min; s.max = c.max; s.step = (c.max - c.min) / 500 || 1;
+  s.min = 0; s.max = Math.max(state.quantiles.length - 1, 1); s.step = 0.1;
   const v = chosen ? chosen.value : c.value;
-  s.value = v; $("#t-value").value = v;
-  loadWhatIf().catch(report);
+  s.value = valueToSlider(v); $("#t-value").value = v;
+  await loadWhatIf();
 }
 
 async function loadWhatIf() {
@@ -206,7 +223,7 @@ function showTab(name) {
   document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("on", t.id === "tab-" + name));
   if (state.loaded[name]) return;
   state.loaded[name] = true;
-  const load = {thresholds: () => { selectThresholdColumn(); return loadFragment(); }, dups: loadDups, sweep: loadSweep, docs: loadDocs}[name];
+  const load = {thresholds: () => Promise.all([selectThresholdColumn(), loadFragment()]), dups: loadDups, sweep: loadSweep, docs: loadDocs}[name];
   if (load) Promise.resolve(load()).catch(report);
 }
 
@@ -238,10 +255,11 @@ async function init() {
   $("#detail-close").addEventListener("click", () => $("#detail").classList.add("hidden"));
   $("#detail").addEventListener("click", (e) => { if (e.target.id === "detail") $("#detail").classList.add("hidden"); });
   document.addEventListener("keydown", (e) => { if (e.key === "Escape") $("#detail").classList.add("hidden"); });
-  $("#t-col").addEventListener("change", selectThresholdColumn);
+  $("#t-col").addEventListener("change", () => selectThresholdColumn().catch(report));
   $("#t-op").addEventListener("change", () => loadWhatIf().catch(report));
-  $("#t-slider").addEventListener("input", debounce(() => { $("#t-value").value = $("#t-slider").value; loadWhatIf().catch(report); }, 60));
-  $("#t-value").addEventListener("input", debounce(() => { $("#t-slider").value = $("#t-value").value; loadWhatIf().catch(report); }, 150));
+  $("#t-slider").addEventListener("input", debounce(() => {
+    $("#t-value").value = Number(sliderToValue(Number($("#t-slider").value)).toPrecision(5)); loadWhatIf().catch(report); }, 60));
+  $("#t-value").addEventListener("input", debounce(() => { $("#t-slider").value = valueToSlider(Number($("#t-value").value)); loadWhatIf().catch(report); }, 150));
   $("#t-add").addEventListener("click", () => {
     const c = state.tcols.find((x) => x.name === $("#t-col").value);
     state.chosen[c.name] = {column: c.name, op: $("#t-op").value, value: Number($("#t-value").value), name: c.filter || c.name};
