@@ -230,20 +230,25 @@ class RunData:
         self.sources = {r[0] for r in self.con.execute("SELECT DISTINCT source FROM samples").fetchall()} \
             if self.has_samples and S.SOURCE in self.columns else set()
 
+    def _item_select(self, files: list[str], first_row: int) -> tuple[str, list[Any]]:
+        src = "read_parquet(?, union_by_name = true, filename = true, file_row_number = true)"
+        cols = {r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {src}", [files]).fetchall()}
+        # Image bytes stay in the files (read per request); only whether a row has them is loaded.
+        body = ("* EXCLUDE (binary_content), binary_content IS NOT NULL" if "binary_content" in cols
+                else "*, FALSE") + " AS nf_has_bytes"
+        status = "" if S.STATUS in cols else f", 'ok' AS {S.STATUS}"
+        return (f"SELECT (row_number() OVER () - 1 + ?)::BIGINT AS nf_row, {body}{status} FROM {src}",
+                [first_row, files])
+
     def _load_items(self, item_files: list[str], drop_files: list[str]) -> None:
-        files = item_files or drop_files
-        self.con.execute(
-            "CREATE TABLE items AS SELECT (row_number() OVER () - 1)::BIGINT AS nf_row, * EXCLUDE (binary_content), "
-            "binary_content IS NOT NULL AS nf_has_bytes FROM read_parquet(?, union_by_name = true, filename = true, "
-            "file_row_number = true)", [files])
+        sql, params = self._item_select(item_files or drop_files, 0)
+        self.con.execute(f"CREATE TABLE items AS {sql}", params)
         if item_files and drop_files:
-            n_bad = self.con.execute("SELECT count(*) FROM items WHERE nf_status <> 'ok'").fetchone()[0]
+            n_bad = self.con.execute(f"SELECT count(*) FROM items WHERE {S.STATUS} <> 'ok'").fetchone()[0]
             if n_bad == 0:  # files of `rows="ok"`: the drops live only beside them
                 off = self.con.execute("SELECT count(*) FROM items").fetchone()[0]
-                self.con.execute(
-                    "INSERT INTO items BY NAME SELECT (row_number() OVER () - 1 + ?)::BIGINT AS nf_row, * EXCLUDE "
-                    "(binary_content), binary_content IS NOT NULL AS nf_has_bytes FROM read_parquet(?, union_by_name "
-                    "= true, filename = true, file_row_number = true)", [off, drop_files])
+                sql, params = self._item_select(drop_files, off)
+                self.con.execute(f"INSERT INTO items BY NAME {sql}", params)
         self.item_columns = {r[0]: r[1] for r in self.con.execute("DESCRIBE items").fetchall()}
 
     # ------------------------------------------------------------------ helpers

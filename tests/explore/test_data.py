@@ -162,3 +162,26 @@ def test_images_are_jpegs_made_from_the_shards(data, table):
 def test_not_a_run_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="curate"):
         RunData(tmp_path)
+
+
+def test_item_table_written_ok_only_reads_the_drops_beside_it(explore_run, tmp_path):
+    from nemo_frames.interleaved import (
+        blur_filter,
+        read_interleaved_webdataset,
+        score_items,
+        write_interleaved_parquet,
+    )
+
+    items = read_interleaved_webdataset(str(explore_run.parent / "mint" / "00000.tar"))
+    write_interleaved_parquet(blur_filter(score_items(items, blur=True, qr=False), 100.0), str(tmp_path / "items"),
+                              materialize=True)  # rows="ok": a clean table, drops in *.drops.parquet
+    d = RunData(explore_run, items=tmp_path / "items")
+    try:
+        doc = d.document("story")
+        assert [i["nf_status"] for i in doc["items"] if i["modality"] == "image"] == ["ok", "filtered", "ok"]
+        rows = [i["nf_row"] for i in doc["items"]]
+        assert len(set(rows)) == len(rows)  # row ids stay unique across the two files
+        kept_image = next(i for i in doc["items"] if i["modality"] == "image")
+        assert d.item_image(kept_image["nf_row"], 64)[:2] == b"\xff\xd8"  # from binary_content in the Parquet
+    finally:
+        d.close()
