@@ -534,17 +534,20 @@ class RunData:
                 "galleries": out}
 
     # ------------------------------------------------------------------ interleaved documents
-    def documents(self, *, offset: int = 0, limit: int = 50, dropped_only: bool = False) -> dict[str, Any]:
-        """Documents of the item table: id, item counts, dropped items; those with drops first."""
+    def documents(self, *, offset: int = 0, limit: int = 50, dropped_only: bool = False,
+                  text: str | None = None) -> dict[str, Any]:
+        """Documents of the item table (id containing ``text``): item counts, dropped items; those with drops first."""
         if not self.has_items:
             raise ExploreError("this run has no item table (items/*.parquet)", 404)
         having = "HAVING count(*) FILTER (WHERE nf_status <> 'ok') > 0" if dropped_only else ""
-        total = self._one(f"SELECT count(*) FROM (SELECT sample_id FROM items GROUP BY 1 {having})")
+        where, params = ("WHERE contains(lower(sample_id), lower(?))", [text]) if text else ("", [])
+        total = self._one(f"SELECT count(*) FROM (SELECT sample_id FROM items {where} GROUP BY 1 {having})", params)
         docs = self._rows(
             "SELECT sample_id, count(*) FILTER (WHERE modality = 'text') AS texts, "
             "count(*) FILTER (WHERE modality = 'image') AS images, "
-            f"count(*) FILTER (WHERE nf_status <> 'ok') AS dropped FROM items GROUP BY 1 {having} "
-            "ORDER BY dropped DESC, sample_id LIMIT ? OFFSET ?", [max(1, min(int(limit), 500)), max(0, int(offset))])
+            f"count(*) FILTER (WHERE nf_status <> 'ok') AS dropped FROM items {where} GROUP BY 1 {having} "
+            "ORDER BY dropped DESC, sample_id LIMIT ? OFFSET ?",
+            [*params, max(1, min(int(limit), 500)), max(0, int(offset))])
         return {"total": int(total), "docs": docs}
 
     def document(self, sample_id: str) -> dict[str, Any]:

@@ -168,7 +168,8 @@ class SweepHandler(_Base):
 class DocsHandler(_Base):
     async def get(self) -> None:
         self.write_json(await self.run(self.data.documents, offset=_int(self, "offset", 0),
-                                       limit=_int(self, "limit", 50), dropped_only=self.get_argument("dropped", "0") == "1"))
+                                       limit=_int(self, "limit", 50), dropped_only=self.get_argument("dropped", "0") == "1",
+                                       text=self.get_argument("q", None) or None))
 
 
 class DocHandler(_Base):

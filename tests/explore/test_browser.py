@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("duckdb")
 
+from nemo_frames.explore.data import Query
+
 READY = "document.body.dataset.ready === '1'"
 IMAGES_DONE = "Array.from(document.images).filter(i => i.offsetParent !== null).every(i => i.complete)"
 
@@ -59,6 +61,19 @@ def test_a_filter_changes_the_grid(page, explorer):
                      ".map(c => parseFloat(c.querySelector('.s').textContent.split('=')[1]))")
     vals = [v for v in vals if v is not None]  # the errored sample has no score (shown last)
     assert vals == sorted(vals) and len(vals) >= 20
+    # Two ranges at once: blur in [100, 1000] and width >= 500.
+    page.set_value("#f-range-col", "blur_score", "change")
+    page.set_value("#f-range-lo", 100)
+    page.set_value("#f-range-hi", 1000)
+    page.click("#f-range-add")
+    page.set_value("#f-range-col", "width", "change")
+    page.set_value("#f-range-lo", 500)
+    want = explorer.data.samples(Query(ranges={"blur_score": (100, 1000), "width": (500, None)}), limit=100)
+    page.wait_for(f"document.querySelector('#total').textContent === '{want['total']}'")
+    assert page.eval("document.querySelectorAll('#f-ranges .chip').length") == 1
+    page.click("#f-ranges button[data-drop='0']")
+    page.set_value("#f-range-col", "", "change")
+    page.wait_for("document.querySelector('#total').textContent === '32'")
     page.click("#grid .card")  # a sample's detail: image, every column, sidecar JSON
     page.wait_for("!document.querySelector('#detail').classList.contains('hidden') && "
                   "document.querySelector('#detail-img').complete")
@@ -130,6 +145,8 @@ def test_an_interleaved_document_renders(page, explorer):
     assert len(dropped) == 1 and dropped[0].startswith("dropped: blur:")
     assert page.eval("document.querySelectorAll('#doc-view .item img').length") == 3
     assert broken_images(page) == []
+    page.set_value("#doc-search", "pla")
+    page.wait_for("document.querySelectorAll('#doc-list div[data-doc]').length === 1")
     page.click("#doc-list div[data-doc=plain]")
     page.wait_for("document.querySelector('#doc-view').dataset.doc === 'plain'")
     assert page.errors() == []

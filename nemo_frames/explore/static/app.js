@@ -4,7 +4,7 @@ const $ = (s) => document.querySelector(s);
 const esc = (v) => (v === null || v === undefined ? "" : String(v)).replace(/[&<>"']/g,
   (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
 const fmt = (v) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : esc(v));
-const state = {meta: null, offset: 0, limit: 48, chosen: {}, loaded: {}, seq: 0, quantiles: []};
+const state = {meta: null, offset: 0, limit: 48, chosen: {}, loaded: {}, seq: 0, quantiles: [], ranges: []};
 window.nfState = state;  // for tests and the curious
 
 async function api(path) {
@@ -46,6 +46,7 @@ function query() {
   for (const [id, k] of [["#f-status", "status"], ["#f-reason", "reason"], ["#f-error", "error"], ["#f-text", "q"],
     ["#f-sort", "sort"]]) { const v = $(id).value; if (v) p.set(k, v); }
   if ($("#f-desc").checked) p.set("desc", "1");
+  for (const r of state.ranges) p.append("range", `${r.col}:${r.lo}:${r.hi}`);
   const col = $("#f-range-col").value;
   if (col && ($("#f-range-lo").value !== "" || $("#f-range-hi").value !== ""))
     p.append("range", `${col}:${$("#f-range-lo").value}:${$("#f-range-hi").value}`);
@@ -65,6 +66,19 @@ async function loadGrid() {
     "<p>no samples match</p>";
   $("#grid").dataset.total = res.total;
   $("#grid").dataset.loaded = String(seq);
+}
+
+function drawRanges() {
+  $("#f-ranges").innerHTML = state.ranges.map((r, i) =>
+    `<span class="chip" data-i="${i}">${esc(r.lo)} ≤ ${esc(r.col)} ≤ ${esc(r.hi)} <button data-drop="${i}">✕</button></span>`).join("");
+}
+
+function addRange() {
+  const col = $("#f-range-col").value, lo = $("#f-range-lo").value, hi = $("#f-range-hi").value;
+  if (!col || (lo === "" && hi === "")) return;
+  state.ranges = state.ranges.filter((r) => r.col !== col).concat([{col, lo, hi}]);
+  $("#f-range-col").value = ""; $("#f-range-lo").value = ""; $("#f-range-hi").value = "";
+  drawRanges(); resetAndLoad();
 }
 
 function resetAndLoad() { state.offset = 0; loadGrid().catch(report); }
@@ -192,11 +206,12 @@ async function loadSweep() {
 
 // ------------------------------------------------------------------ documents
 async function loadDocs() {
-  const d = await api("/api/docs?limit=200");
+  const q = $("#doc-search").value;
+  const d = await api("/api/docs?limit=200" + (q ? "&q=" + encodeURIComponent(q) : ""));
   $("#doc-list").innerHTML = `<p>${d.total} documents (with drops first)</p>` + d.docs.map((x) =>
     `<div data-doc="${esc(x.sample_id)}">${esc(x.sample_id)} — ${x.texts} texts, ${x.images} images` +
     (x.dropped ? `, <span class="why">${x.dropped} dropped</span>` : "") + "</div>").join("");
-  if (d.docs.length) openDoc(d.docs[0].sample_id).catch(report);
+  if (d.docs.length && !q) openDoc(d.docs[0].sample_id).catch(report);
 }
 
 async function openDoc(id) {
@@ -244,6 +259,12 @@ async function init() {
   }
   for (const id of ["#f-status", "#f-reason", "#f-error", "#f-sort", "#f-desc", "#f-range-col"]) $(id).addEventListener("change", resetAndLoad);
   for (const id of ["#f-text", "#f-range-lo", "#f-range-hi"]) $(id).addEventListener("input", debounce(resetAndLoad, 200));
+  $("#f-range-add").addEventListener("click", addRange);
+  $("#f-ranges").addEventListener("click", (e) => {
+    const i = e.target.dataset.drop;
+    if (i !== undefined) { state.ranges.splice(Number(i), 1); drawRanges(); resetAndLoad(); }
+  });
+  $("#doc-search").addEventListener("input", debounce(() => loadDocs().catch(report), 200));
   $("#prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); loadGrid().catch(report); });
   $("#next").addEventListener("click", () => { if (state.offset + state.limit < Number($("#grid").dataset.total || 0)) { state.offset += state.limit; loadGrid().catch(report); } });
   document.addEventListener("click", (e) => {
