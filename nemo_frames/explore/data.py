@@ -210,11 +210,15 @@ class RunData:
         dup_files = [(m, self.run_dir / "dedup" / f"{m}.parquet") for m in ("exact", "perceptual", "semantic")]
         dup_files = [(m, p) for m, p in dup_files if p.is_file()]
         self.con.execute("CREATE TABLE dups (key VARCHAR, group_id VARCHAR, is_survivor BOOLEAN, "
-                         "max_similarity DOUBLE, matched_key VARCHAR, method VARCHAR)")
+                         f"max_similarity DOUBLE, matched_key VARCHAR, method VARCHAR, {ROW} BIGINT)")
         for m, p in dup_files:
-            self.con.execute("INSERT INTO dups SELECT key, group_id, is_survivor, max_similarity, matched_key, ? "
+            self.con.execute("INSERT INTO dups SELECT key, group_id, is_survivor, max_similarity, matched_key, ?, NULL "
                              "FROM read_parquet(?)", [m, str(p)])
             self.dup_methods.append(m)
+        if dup_files and self.has_samples:
+            # Each member's sample row, joined once here rather than per request (the first row of a repeated key).
+            self.con.execute(f"UPDATE dups SET {ROW} = s.{ROW} FROM (SELECT {S.KEY}, min({ROW}) AS {ROW} FROM samples "
+                             f"GROUP BY 1) s WHERE s.{S.KEY} = dups.key")
         if self.has_items:
             self._load_items(item_files, drop_files)
         sweep = self.run_dir / "dedup" / "eps_sweep.json"
@@ -396,12 +400,9 @@ class RunData:
     def group_members(self, method: str, group_id: str) -> list[dict[str, Any]]:
         """The members of one duplicate group, survivor first, each with its sample row number."""
         self._col(method, "method", self.dup_methods)
-        join = (f"LEFT JOIN (SELECT {S.KEY}, min({ROW}) AS {ROW} FROM samples GROUP BY 1) s ON s.{S.KEY} = d.key"
-                if self.has_samples else "")
-        sel = f", s.{ROW}" if self.has_samples else ""
-        return self._rows(f"SELECT d.key, d.is_survivor, d.max_similarity, d.matched_key{sel} FROM dups d {join} "
-                          "WHERE d.method = ? AND d.group_id = ? ORDER BY d.is_survivor DESC, d.max_similarity DESC, "
-                          "d.key", [method, group_id])
+        return self._rows(f"SELECT key, is_survivor, max_similarity, matched_key, {ROW} FROM dups "
+                          "WHERE method = ? AND group_id = ? ORDER BY is_survivor DESC, max_similarity DESC, key",
+                          [method, group_id])
 
     # ------------------------------------------------------------------ images
     def image(self, row: Any, px: int) -> bytes | None:
@@ -497,8 +498,17 @@ class RunData:
         groups = self._rows("SELECT group_id, count(*) AS size, min(max_similarity) AS min_similarity FROM dups "
                             "WHERE method = ? GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ? OFFSET ?",
                             [method, limit, max(0, int(offset))])
+        # The members of the whole page in one query, survivor first, at most `members` per group.
+        rows = self._rows(
+            f"SELECT group_id, key, is_survivor, max_similarity, matched_key, {ROW} FROM (SELECT *, row_number() OVER "
+            "(PARTITION BY group_id ORDER BY is_survivor DESC, max_similarity DESC, key) AS rk FROM dups "
+            "WHERE method = ? AND list_contains(?, group_id)) WHERE rk <= ? ORDER BY group_id, rk",
+            [method, [g["group_id"] for g in groups], max(1, int(members))])
+        by_group: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_group.setdefault(r.pop("group_id"), []).append(r)
         for g in groups:
-            g["members"] = self.group_members(method, g["group_id"])[:members]
+            g["members"] = by_group.get(g["group_id"], [])
         return {"method": method, "total": int(total), "groups": groups}
 
     def sweep_view(self, *, per_eps: int = 8) -> dict[str, Any]:
@@ -521,13 +531,9 @@ class RunData:
             covered = run_eps is None or e <= float(run_eps) + 1e-12
             pairs = []
             if covered and "semantic" in self.dup_methods:
-                sel = f", s.{ROW}" if self.has_samples else ""
-                join = (f"LEFT JOIN (SELECT {S.KEY}, min({ROW}) AS {ROW} FROM samples GROUP BY 1) s "
-                        "ON s.key = d.key" if self.has_samples else "")
-                pairs = self._rows(f"SELECT d.key, d.matched_key, d.max_similarity{sel} FROM dups d {join} "
-                                   "WHERE d.method = 'semantic' AND NOT d.is_survivor AND 1 - d.max_similarity <= ? "
-                                   "AND 1 - d.max_similarity > ? ORDER BY d.max_similarity, d.key LIMIT ?",
-                                   [e, prev, per_eps])
+                pairs = self._rows(f"SELECT key, matched_key, max_similarity, {ROW} FROM dups WHERE method = "
+                                   "'semantic' AND NOT is_survivor AND 1 - max_similarity <= ? AND 1 - max_similarity > ? "
+                                   "ORDER BY max_similarity, key LIMIT ?", [e, prev, per_eps])
             out.append({"eps": e, "covered": covered, "pairs": pairs})
             prev = e
         return {"eps": run_eps, "y": ycol, "rows": [{k: _clean(v) for k, v in r.items()} for r in rows],
