@@ -568,7 +568,12 @@ class RunData:
                            f"ORDER BY {_q(order)} NULLS FIRST, nf_row", [sample_id])
         if not items:
             raise ExploreError(f"no document with sample_id {sample_id[:80]!r}", 404)
-        return {"sample_id": sample_id, "items": items}
+        # The document's own fields (url, page, passthrough columns) from its metadata row.
+        skip = {"nf_row", "filename", "file_row_number", "nf_has_bytes", "binary_content", "text_content", "position",
+                "nf_input_position", "modality", "sample_id"}
+        meta = self._rows("SELECT * FROM items WHERE sample_id = ? AND modality = 'metadata' LIMIT 1", [sample_id])
+        fields = {k: v for k, v in (meta[0] if meta else {}).items() if k not in skip and v is not None}
+        return {"sample_id": sample_id, "items": items, "fields": fields}
 
     def item_image(self, row: Any, px: int) -> bytes | None:
         """A JPEG of image item ``row`` (from its ``binary_content`` or its ``source_ref`` locator)."""

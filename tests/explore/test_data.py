@@ -142,6 +142,7 @@ def test_interleaved_document_in_order_with_drops(data):
     kinds = [(i["modality"], i["nf_status"]) for i in doc["items"]]
     assert kinds == [("metadata", "ok"), ("image", "ok"), ("text", "ok"), ("image", "filtered"), ("text", "ok"),
                      ("image", "ok"), ("text", "ok")]
+    assert doc["fields"]["url"] == "https://example.org/story"
     dropped = doc["items"][3]
     assert dropped["nf_reason"].startswith("blur:")
     assert data.item_image(dropped["nf_row"], 64)[:2] == b"\xff\xd8"

@@ -224,7 +224,8 @@ async function openDoc(id) {
     let body = "";
     if (it.modality === "text") body = `<p>${esc(it.text_content)}</p>`;
     else if (it.modality === "image") body = `<img alt="image at ${esc(it.nf_input_position)}" src="/api/item_image/${it.nf_row}?px=320">`;
-    else body = `<small>metadata</small>`;
+    else body = `<small>metadata</small><table class="t">` + Object.entries(d.fields || {}).map(([k, v]) =>
+      `<tr><td>${esc(k)}</td><td>${fmt(v)}</td></tr>`).join("") + "</table>";
     return `<div class="${cls}" data-row="${it.nf_row}">${why}${body}</div>`;
   }).join("");
   $("#doc-view").dataset.doc = id;
