@@ -394,8 +394,30 @@ class RunData:
         key = rec.get(S.KEY)
         if key is not None and self.dup_methods:
             for g in self._rows("SELECT DISTINCT method, group_id FROM dups WHERE key = ? ORDER BY 1", [key]):
-                out["groups"].append({**g, "members": self.group_members(g["method"], g["group_id"])})
+                members = self.group_members(g["method"], g["group_id"])
+                if g["method"] == "perceptual" and S.PHASH in self.columns:
+                    self._similarity_to(rec[ROW], members)
+                elif g["method"] == "exact":
+                    for m in members:
+                        m["similarity_to_this"] = 1.0
+                out["groups"].append({**g, "members": members})
         return out
+
+    def _similarity_to(self, row: int, members: list[dict[str, Any]]) -> None:
+        """``similarity_to_this`` = 1 − Hamming(pHash)/64 of each member to sample ``row`` (as perceptual dedup)."""
+        rows = [m[ROW] for m in members if m.get(ROW) is not None]
+        sims = dict(self._con_rows(
+            f"SELECT s.{ROW}, 1 - bit_count(xor(s.{S.PHASH}, t.{S.PHASH})) / 64.0 FROM samples s, "
+            f"(SELECT {S.PHASH} FROM samples WHERE {ROW} = ?) t WHERE list_contains(?, s.{ROW})", [row, rows]))
+        for m in members:
+            m["similarity_to_this"] = _clean(sims.get(m.get(ROW)))
+
+    def _con_rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        cur = self._cur()
+        try:
+            return cur.execute(sql, list(params)).fetchall()
+        finally:
+            cur.close()
 
     def group_members(self, method: str, group_id: str) -> list[dict[str, Any]]:
         """The members of one duplicate group, survivor first, each with its sample row number."""

@@ -97,13 +97,23 @@ def test_config_fragment_is_curate_yaml(data):
         ("blur_score", ">=", 250.0, "blur"), ("qr_area_ratio", "<", 0.1, "qr")]
 
 
-def test_detail_has_sidecar_ledger_and_groups(data, table):
+def test_detail_has_sidecar_ledger_and_groups(data, table, explore_run):
     row = int(table.index[table.key == "china-cropped"][0])
     d = data.detail(row)
     assert d["row"]["key"] == "china-cropped" and d["row"]["nf_reason"].startswith("dedup_perceptual")
     assert d["sidecar"]["variant"] == "cropped" and d["sidecar"]["photo"] == "china"
     methods = {g["method"]: g for g in d["groups"]}
     assert set(methods) == {"perceptual", "semantic"}
+    # Perceptual: the similarity of every member to this sample, from the pHashes in the table. Read exactly
+    # with pyarrow: pandas turns a uint64 column with a null into float64, which rounds the low bits away.
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(explore_run / "table", columns=["key", "phash"]).to_pylist()
+    ph = {r["key"]: r["phash"] for r in t}
+    for m in methods["perceptual"]["members"]:
+        ham = bin(ph[m["key"]] ^ ph["china-cropped"]).count("1")
+        assert m["similarity_to_this"] == pytest.approx(1 - ham / 64)
+    assert next(m for m in methods["perceptual"]["members"] if m["key"] == "china-cropped")["similarity_to_this"] == 1
     sem = methods["semantic"]["members"]
     assert sem[0]["is_survivor"] and sem[0]["key"] == "china"
     assert all(0.9 < m["max_similarity"] <= 1.0 for m in sem)

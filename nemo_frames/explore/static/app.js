@@ -95,11 +95,14 @@ async function openDetail(row) {
   $("#detail-sidecar").textContent = d.sidecar ? JSON.stringify(d.sidecar, null, 1) : (d.sidecar_error || "none");
   $("#detail-groups").innerHTML = d.groups.map((g) =>
     `<div class="group" data-group="${esc(g.group_id)}"><div class="label">${esc(g.method)} duplicate group ` +
-    `${esc(g.group_id)} (${g.members.length} members; similarity to the matched key)</div><div class="grid">` +
+    `${esc(g.group_id)} (${g.members.length} members; similarity to the matched key, and to this sample where the ` +
+    `run has what it needs: pHash for perceptual)</div><div class="grid">` +
     g.members.map((m) => card({...m, nf_status: m.is_survivor ? "ok" : "filtered"}, {
       cls: m.is_survivor ? "survivor" : "dup",
       badge: m.is_survivor ? '<span class="badge">survivor</span> ' : '<span class="badge dup">removed</span> ',
-      lines: [m.is_survivor ? "kept" : `dup of ${m.matched_key}`, `similarity ${fmt(m.max_similarity)}`]})).join("") +
+      lines: [m.is_survivor ? "kept" : `dup of ${m.matched_key}`, `similarity ${fmt(m.max_similarity)}`].concat(
+        m.similarity_to_this !== undefined && m.similarity_to_this !== null ? [`to this one ${fmt(m.similarity_to_this)}`] : [])
+    })).join("") +
     "</div></div>").join("");
   $("#detail").classList.remove("hidden");
   $("#detail").dataset.row = String(row);
