@@ -9,6 +9,8 @@ sweep, and interleaved documents in reading order. See ``docs/explore.md``.
 from __future__ import annotations
 
 import os
+import sys
+import types
 from typing import Any
 
 __all__ = ["explore"]
@@ -54,11 +56,11 @@ def explore(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: i
     return Explorer(RunData(run_dir, items=items, storage_options=storage_options), host=host, port=port)
 
 
-class _CallableModule(__import__("types").ModuleType):
+class _CallableModule(types.ModuleType):
     # ``import nemo_frames.explore`` binds this module as ``nemo_frames.explore``; calling it still works,
     # so ``nf.explore(run_dir)`` means the function whichever way the name was reached.
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return explore(*args, **kwargs)
 
 
-__import__("sys").modules[__name__].__class__ = _CallableModule
+sys.modules[__name__].__class__ = _CallableModule

@@ -191,6 +191,7 @@ class RunData:
         self.storage_options = storage_options
         self.con = duckdb.connect(":memory:", config={"memory_limit": memory_limit, "threads": threads})
         self.thumbs = Thumbs()
+        self._lock = threading.Lock()
         table_files = sorted(str(p) for p in (self.run_dir / "table").glob("*.parquet"))
         items_dir = Path(items).resolve() if items is not None else self.run_dir / "items"
         item_files = sorted(str(p) for p in items_dir.glob("*.parquet") if not p.name.endswith(".drops.parquet")) \
@@ -257,7 +258,9 @@ class RunData:
 
     # ------------------------------------------------------------------ helpers
     def _cur(self) -> Any:
-        return self.con.cursor()  # one per call: DuckDB cursors are not shared between threads
+        # One cursor per call: a DuckDB connection must not be used from two threads at once, a cursor may.
+        with self._lock:
+            return self.con.cursor()
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         cur = self._cur()

@@ -210,7 +210,7 @@ def make_app(data: RunData, *, hosts: set[str] | None = None, workers: int = 4) 
         (r"/api/docs", DocsHandler, kw),
         (r"/api/doc", DocHandler, kw),
         (r"/static/(.*)", _Static, {"path": str(STATIC)}),
-    ], compress_response=True)
+    ], compress_response=True, nf_pool=pool)
 
 
 class Explorer:
@@ -254,12 +254,15 @@ class Explorer:
         return f"http://{host}:{self.port}/"
 
     def stop(self) -> None:
-        """Stop the server and close the run's database."""
+        """Stop the server, its query threads and the run's database."""
         loop = self._loop
         if loop is not None and loop.is_running():
             loop.call_soon_threadsafe(self._server.stop)
             loop.call_soon_threadsafe(loop.stop)
             self._thread.join(10)
+        if self._loop is not None:
+            self._app.settings["nf_pool"].shutdown(wait=False, cancel_futures=True)
+            self.data.close()
         self._loop = None
 
     def __enter__(self) -> Explorer:
