@@ -298,12 +298,12 @@ def explore_command(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ImportError) as exc:
         print(f"nemo-frames explore: {exc}", file=sys.stderr)
         return 2
-    print(f"nemo_frames explorer of {ex.data.run_dir}: {ex.url}  (Ctrl-C to stop)", flush=True)
-    if args.open:
-        import webbrowser
-
-        webbrowser.open(ex.url)
     try:
+        print(f"nemo_frames explorer of {ex.data.run_dir}: {ex.url}  (Ctrl-C to stop)", flush=True)
+        if args.open:
+            import webbrowser
+
+            webbrowser.open(ex.url)
         ex._thread.join()
     except KeyboardInterrupt:
         pass

@@ -111,3 +111,28 @@ def test_curate_ends_by_printing_the_explore_command(tmp_path, capsys):
     curate(cfg, progress=True)
     err = capsys.readouterr().err.rstrip().splitlines()
     assert err[-1] == f"[nemo_frames] explore the run: nemo-frames explore {out}"
+
+
+def test_cli_serves_until_ctrl_c(explore_run):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.Popen([sys.executable, "-m", "nemo_frames.cli", "explore", str(explore_run), "--port", "0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    try:
+        line = p.stdout.readline()
+        url = line.split(": ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:") and "Ctrl-C" in line
+        assert json.loads(get(url + "api/meta")[1])["total"] == 32
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
