@@ -469,21 +469,45 @@ class RunData:
             raise ExploreError(f"op: expected one of {', '.join(_OPS)}, found {op[:10]!r}")
         v = _num(value, "value")
         k = max(1, min(int(k), 48))
-        scope = f"{c} IS NOT NULL AND {S.STATUS} <> 'error'"
+        # As filters.Threshold: compared as float64; a missing value (null or NaN) never passes.
+        scope = f"{c} IS NOT NULL AND NOT isnan({c}::DOUBLE) AND {S.STATUS} <> 'error'"
         cur = self._cur()
         try:
-            n, keep = cur.execute(f"SELECT count(*), count(*) FILTER (WHERE {c} {op} ?) FROM samples WHERE {scope}",
-                                  [v]).fetchone()
+            n, keep = cur.execute(f"SELECT count(*), count(*) FILTER (WHERE {c}::DOUBLE {op} ?) FROM samples "
+                                  f"WHERE {scope}", [v]).fetchone()
         finally:
             cur.close()
+        run_keep = self._run_keep(column, op, v)
         keeps_high = op in (">=", ">")
         cols = self._grid_cols()
-        kept = self._rows(f"SELECT {cols} FROM samples WHERE {scope} AND {c} {op} ? ORDER BY {c} "
+        kept = self._rows(f"SELECT {cols} FROM samples WHERE {scope} AND {c}::DOUBLE {op} ? ORDER BY {c} "
                           f"{'ASC' if keeps_high else 'DESC'}, {ROW} LIMIT ?", [v, k])
-        removed = self._rows(f"SELECT {cols} FROM samples WHERE {scope} AND NOT ({c} {op} ?) ORDER BY {c} "
+        removed = self._rows(f"SELECT {cols} FROM samples WHERE {scope} AND NOT ({c}::DOUBLE {op} ?) ORDER BY {c} "
                              f"{'DESC' if keeps_high else 'ASC'}, {ROW} LIMIT ?", [v, k])
         return {"column": column, "op": op, "value": v, "scope": int(n), "keep": int(keep), "remove": int(n - keep),
+                "run_keep": run_keep, "run_kept_now": self.summary.get("kept"),
                 "kept_nearest": kept, "removed_nearest": removed}
+
+    def _run_keep(self, column: str, op: str, value: float) -> int | None:
+        """How many samples the run would keep with this threshold in place of the run's on ``column``.
+
+        Every threshold filter of the run is evaluated on the stored scores (this one replaced or added);
+        errored samples and those removed by dedup stay removed. Dedup is not rerun: a sample it removed may
+        have had its survivor dropped by the new threshold, and a sample a looser threshold lets back in is
+        counted as kept though dedup might remove it; the count is exact for the threshold filters alone.
+        """
+        conds, params = [], []
+        filters = [f for f in self.summary.get("filters", []) if f.get("column") != column]
+        for f in [*filters, {"column": column, "op": op, "value": value}]:
+            col, fop = f.get("column"), f.get("op")
+            if col not in self.numeric or fop not in (*_OPS, "==", "!="):
+                return None  # a filter this view cannot evaluate: no honest number
+            qc = _q(col)
+            conds.append(f"({qc} IS NOT NULL AND NOT isnan({qc}::DOUBLE) AND {qc}::DOUBLE {fop} ?)")
+            params.append(float(f["value"]))
+        where = " AND ".join(conds)
+        return int(self._one(f"SELECT count(*) FROM samples WHERE {S.STATUS} <> 'error' AND coalesce(NOT "
+                             f"starts_with({S.REASON}, 'dedup_'), TRUE) AND {where}", params))
 
     def quantiles(self, column: str, n: int = 100) -> list[float]:
         """``n + 1`` quantiles of ``column`` (0 … 1): the threshold slider moves through the data evenly."""

@@ -96,6 +96,7 @@ def test_a_threshold_change_updates_the_counts(page, explorer):
     page.wait_for("document.querySelector('#t-keep').dataset.value === '1000'")
     after = [page.eval(f"document.querySelector('{s}').textContent") for s in ("#t-keep", "#t-remove")]
     assert after == [str(want["keep"]), str(want["remove"])] and after != before
+    assert page.eval("document.querySelector('#t-run').textContent") == str(want["run_keep"])
     page.wait_for(IMAGES_DONE)
     shown = page.eval("Array.from(document.querySelectorAll('#t-removed .card')).map(c => c.title)")
     assert shown == [r["key"] for r in want["removed_nearest"]]

@@ -75,6 +75,11 @@ def test_whatif_counts_and_neighbours(data, table):
     below = [r["blur_score"] for r in w["removed_nearest"]]
     assert above == sorted(scope.blur_score[scope.blur_score >= 500])[:3]
     assert below == sorted(scope.blur_score[scope.blur_score < 500], reverse=True)[:3]
+    # With the run's own thresholds the run-level count is what the run kept; a stricter blur threshold keeps
+    # the run's survivors that pass it.
+    assert data.whatif("blur_score", ">=", 100)["run_keep"] == data.summary["kept"] == int((table.nf_status == "ok").sum())
+    ok = table[table.nf_status == "ok"]
+    assert w["run_keep"] == int((ok.blur_score >= 500).sum())
     low = data.whatif("qr_area_ratio", "<", 0.05)
     assert low["remove"] == int((scope.qr_area_ratio >= 0.05).sum()) == 3
 

@@ -157,6 +157,9 @@ async function loadWhatIf() {
   $("#t-keep").textContent = w.keep.toLocaleString();
   $("#t-remove").textContent = w.remove.toLocaleString();
   $("#t-scope").textContent = w.scope.toLocaleString();
+  $("#t-run").textContent = w.run_keep === null ? "—" : w.run_keep.toLocaleString();
+  $("#t-run-label").textContent = "the run would keep, with its other filters" +
+    (w.run_kept_now !== null && w.run_kept_now !== undefined ? ` (now ${w.run_kept_now.toLocaleString()})` : "");
   const line = (r) => ({lines: [`${w.column}=${fmt(r[w.column])}`, r.nf_reason || ""]});
   $("#t-kept").innerHTML = w.kept_nearest.map((r) => card(r, line(r))).join("") || "<p>none</p>";
   $("#t-removed").innerHTML = w.removed_nearest.map((r) => card(r, line(r))).join("") || "<p>none</p>";
