@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -78,6 +79,10 @@ def _clean(v: Any) -> Any:
     if isinstance(v, int):
         return v if abs(v) < 2**53 else str(v)  # a 64-bit hash would lose digits as a JavaScript number
     return str(v)
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 @dataclass
@@ -169,6 +174,8 @@ class RunData:
         fsspec options to read the input shards (default: the run config's).
     memory_limit : str
         DuckDB's memory limit.
+    threads : int
+        DuckDB's worker threads per query.
 
     Examples
     --------
@@ -192,12 +199,13 @@ class RunData:
         self.con = duckdb.connect(":memory:", config={"memory_limit": memory_limit, "threads": threads})
         self.thumbs = Thumbs()
         self._lock = threading.Lock()
-        table_files = sorted(str(p) for p in (self.run_dir / "table").glob("*.parquet"))
+        # Natural order (part.2 before part.10), so row numbers follow the partitions as written.
+        table_files = sorted((str(p) for p in (self.run_dir / "table").glob("*.parquet")), key=_natural)
         items_dir = Path(items).resolve() if items is not None else self.run_dir / "items"
         item_files = sorted(str(p) for p in items_dir.glob("*.parquet") if not p.name.endswith(".drops.parquet")) \
             if items_dir.is_dir() else []
         drop_files = sorted(str(p) for p in items_dir.glob("*.drops.parquet")) if items_dir.is_dir() else []
-        if not table_files and not item_files:
+        if not (table_files or item_files or drop_files):
             raise FileNotFoundError(
                 f"explore: {self.run_dir} has no table/*.parquet (a curate run) and no items/*.parquet (an item "
                 "table); run `nemo-frames curate CONFIG` first and pass its `output` directory")
