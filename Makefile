@@ -1,12 +1,12 @@
 # The two set-up commands of the README. Both install everything with uv into .venv.
 #   make demo   install, build a small real dataset, curate it end to end (CPU, local cluster)
-#   make test   install, run the test suite
+#   make test   install, run the test suite (with a headless browser: `make browser`)
 PY ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PY) -m uv")
 VENV := .venv
-EXTRAS ?= clip,dev,slurm,s3,faiss,dali
+EXTRAS ?= clip,dev,slurm,s3,faiss,dali,explore
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench clean browser
 
 $(VENV)/.installed: pyproject.toml
 	@command -v uv >/dev/null 2>&1 || $(PY) -m pip install -q uv
@@ -20,10 +20,18 @@ demo: install
 	$(VENV)/bin/python scripts/make_demo_data.py --out demo_data
 	$(VENV)/bin/nemo-frames curate configs/demo.yaml
 
-test: install
+# Debian's Chromium for the browser tests (report, explorer). Needs root and apt; where either is
+# missing the tests still run and the browser tests skip, saying so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "note: could not install chromium (needs root and apt-get): the browser tests will skip"
+
+test: install browser
 	$(VENV)/bin/python -m pytest -q
 
-test-all: install
+test-all: install browser
 	$(VENV)/bin/python -m pytest -q -m "not gpu"
 
 lint: install

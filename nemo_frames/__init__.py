@@ -32,6 +32,7 @@ _LAZY = {
     "write_report": "nemo_frames.report",
     "ClipConfig": "nemo_frames.models.clip",
     "errors_table": "nemo_frames.ledger",
+    "explore": "nemo_frames.explore",
 }
 _SUBMODULES = {"filters", "dedup", "interleaved", "ledger", "schema", "io", "images", "models", "cluster", "report", "pipeline", "config", "progress"}
 

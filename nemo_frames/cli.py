@@ -372,6 +372,23 @@ def _report(args: argparse.Namespace) -> int:
     return report_command(args)
 
 
+# --------------------------------------------------------------------------- explore
+def _explore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="the output directory of `nemo-frames curate` (or a directory with items/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--items", default=None, help="an interleaved item table directory (default RUN_DIR/items)")
+    p.add_argument("--open", action="store_true", help="open the page in the default web browser")
+
+
+@command("explore", help="browse a run in a local web app: grid, filters, thresholds, duplicates, documents",
+         arguments=_explore_args)
+def _explore(args: argparse.Namespace) -> int:
+    from nemo_frames.explore.server import explore_command
+
+    return explore_command(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nemo-frames`` with ``argv`` (default ``sys.argv[1:]``); return the exit code.
 

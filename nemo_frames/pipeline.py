@@ -685,6 +685,7 @@ def curate(
         print_summary(summary)
         if report_path:
             _say(f"report: {report_path}")
+        _say(f"explore the run: nemo-frames explore {cfg.output}")
     return RunResult(config=cfg, output=cfg.output, summary=summary, export=export, report=report_path)
 
 
