@@ -296,6 +296,10 @@ def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
     return f'<table class="t"><tr>{head}</tr>{body}</table>'
 
 
+class RunIncompleteError(RuntimeError):
+    """The run directory's ``summary.json`` is marked incomplete (a run is rewriting it, or was killed)."""
+
+
 def _load(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     from nemo_frames.io.parquet import read_parquet
 
@@ -306,6 +310,13 @@ def _load(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
             "(run `nemo-frames curate CONFIG` first, or pass the `output` directory of a finished run)"
         )
     summary = json.loads(summary_path.read_text())
+    if summary.get("complete") is False:
+        # curate marks the summary incomplete before it rewrites table/ and the export.
+        raise RunIncompleteError(
+            f"report: {summary_path} says the curate run in {run_dir} has not finished (started "
+            f"{(summary.get('run') or {}).get('started', '?')}; still running, or killed): table/ may be partial. "
+            "Rerun `nemo-frames curate CONFIG` on it (it resumes) and report again."
+        )
     table = read_parquet(str(run_dir / "table")).compute()
     return summary, table
 
@@ -504,7 +515,7 @@ def report_command(args: argparse.Namespace) -> int:
     try:
         path = write_report(args.run_dir, out=args.out, per_grid=args.per_grid,
                             storage_options=getattr(args, "storage_options", None))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, RunIncompleteError) as exc:
         print(f"nemo-frames report: {exc}", file=sys.stderr)
         return 2
     print(path)
