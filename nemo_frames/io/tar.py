@@ -195,10 +195,8 @@ def iter_members(
     # After a header with an impossible size, the next header's position is unknown: like GNU tar,
     # try each following block until one is a valid header (or the end-of-archive marker).
     resync = False
-    pushback: bytes | None = None
     while True:
-        header = pushback if pushback is not None else _read_exact(f, BLOCK)
-        pushback = None
+        header = _read_exact(f, BLOCK)
         if len(header) < BLOCK:
             if first and len(header) == 0:
                 raise TarTruncated("file is empty (0 bytes); a valid empty tar has 1024 zero bytes", offset=pos)
@@ -210,11 +208,6 @@ def iter_members(
             second = _read_exact(f, BLOCK)
             if second == b"\0" * BLOCK:
                 return
-            if resync and len(second) == BLOCK:
-                # A zero block inside skipped data: keep looking from the block after it.
-                pos += BLOCK
-                pushback = second
-                continue
             if len(second) < BLOCK:
                 raise TarTruncated(
                     f"archive ends at byte {pos + BLOCK + len(second)} after one zero block; "

@@ -1,0 +1,183 @@
+"""Battery item 11: ``curate`` itself SIGKILLed in each stage and restarted (issue 16, "what must be shown").
+
+Each trial runs ``curate`` in a subprocess whose stages (scan, score, dedup, ledger, export) announce
+themselves on stdout; the parent SIGKILLs the process group a random moment after the target stage starts,
+then reruns ``curate`` to completion and compares the whole run directory with an uninterrupted run:
+the score checkpoint, ``table/``, the dedup tables, every export file (tar / idx / stats bytes, Parquet
+content) and the summary's counts. The ledger trial kills a *rerun* of a finished run, so it also checks
+that ``summary.json`` was marked incomplete while ``table/`` was being rewritten (issue 16 item 10).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.reliability._battery import ROOT, record
+from tests.reliability._digest import export_digest
+
+pytestmark = pytest.mark.integration
+
+STAGES = ("scan", "score", "dedup", "ledger", "export")
+
+# The child: curate with each stage wrapped to announce itself (and pause briefly, so a kill can land
+# at its start as well as inside it). Nothing else is changed: the kill is a real SIGKILL from outside.
+JOB = textwrap.dedent(
+    """
+    import json, sys, time
+    import nemo_frames.io.parquet as PQ
+    import nemo_frames.pipeline as P
+
+    def announce(stage, fn):
+        def wrapped(*a, **kw):
+            print(stage, flush=True)
+            time.sleep(0.05)
+            return fn(*a, **kw)
+        return wrapped
+
+    P._scan = announce("scan", P._scan)
+    P._score_stage = announce("score", P._score_stage)
+    P._dedup = announce("dedup", P._dedup)
+    PQ.write_parquet = announce("ledger", PQ.write_parquet)  # curate's only write_parquet: table/
+    P._export = announce("export", P._export)
+    P.curate(json.loads(sys.argv[1]), progress=False)
+    print("done", flush=True)
+    """
+)
+
+SUMMARY_KEYS = ("complete", "samples_in", "kept", "filtered", "errors", "filtered_by_reason", "errors_by_code",
+                "duplicates_removed", "written")
+
+
+def _config(src: Path, out: Path) -> dict:
+    return {
+        "input": {"urls": str(src / "*.tar")},
+        "output": str(out),
+        "cluster": {"kind": "threads", "options": {"n_workers": 1, "threads_per_worker": 2}},
+        "score": {"clip": None, "qr": False},
+        "filters": [{"blur": 50}],
+        "dedup": {"exact": True, "perceptual": {"threshold": 4}},
+        "export": {"samples_per_shard": 5, "index": True},
+        "report": {"enabled": False},
+    }
+
+
+def _run(cfg: dict, *, kill_stage: str | None, delay: float, script: Path) -> tuple[bool, list[str]]:
+    """Run curate; SIGKILL it ``delay`` s after ``kill_stage`` starts. Return (killed, stages seen)."""
+    p = subprocess.Popen([sys.executable, str(script), json.dumps(cfg)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         start_new_session=True)
+    seen: list[str] = []
+    assert p.stdout is not None
+    for line in p.stdout:
+        stage = line.decode().strip()
+        seen.append(stage)
+        if stage == kill_stage:
+            time.sleep(delay)
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                return True, seen
+    err = p.stderr.read().decode() if p.stderr else ""
+    assert p.wait(timeout=300) == 0, err[-3000:]
+    return False, seen
+
+
+def _parquet_dir_digest(d: Path) -> dict[str, str]:
+    import pyarrow.parquet as pq
+
+    out = {}
+    for f in sorted(d.glob("*.parquet")):
+        df = pq.read_table(f).to_pandas()
+        out[f.name] = hashlib.sha256(df.to_json(orient="split").encode()).hexdigest()
+    return out
+
+
+def run_digest(out: Path) -> dict:
+    """Everything a run leaves that a user reads, in comparable form."""
+    summary = json.loads((out / "summary.json").read_text())
+    return {
+        "scored": _parquet_dir_digest(out / "scored"),
+        "table": _parquet_dir_digest(out / "table"),
+        "dedup": _parquet_dir_digest(out / "dedup"),
+        "shards": export_digest(out / "shards"),
+        "summary": {k: summary.get(k) for k in SUMMARY_KEYS}
+        | {"export_shards": summary["export"]["shards"], "tar_bytes": summary["export"]["tar_bytes"]},
+    }
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, jpegs):
+    """The input (6 shards of real photos, some repeated, so dedup has work) and an uninterrupted run."""
+    from tests.conftest import sample_members, write_tar
+
+    base = tmp_path_factory.mktemp("curate_kills")
+    src = base / "in"
+    src.mkdir()
+    names = sorted(jpegs)
+    for s in range(6):
+        members = []
+        for i in range(5):
+            key = f"s{s}_{i:02d}"
+            members += sample_members(key, jpegs[names[(s * 5 + i) % len(names)]], f"photo {key}", {"i": i})
+        write_tar(src / f"{s:05d}.tar", members)
+    script = base / "job.py"
+    script.write_text(JOB)
+    clean = base / "clean"
+    killed, seen = _run(_config(src, clean), kill_stage=None, delay=0, script=script)
+    assert not killed and seen == [*STAGES, "done"], seen
+    return src, script, run_digest(clean)
+
+
+def _trial(baseline, out: Path, stage: str, rng: np.random.Generator, *, rerun_first: bool) -> dict:
+    src, script, want = baseline
+    cfg = _config(src, out)
+    if rerun_first:  # kill a rerun of a finished run: the old summary must not survive as "complete"
+        assert _run(cfg, kill_stage=None, delay=0, script=script)[0] is False
+    killed, seen = _run(cfg, kill_stage=stage, delay=float(rng.uniform(0.0, 0.4)), script=script)
+    summary_after_kill = None
+    if (out / "summary.json").exists():
+        summary_after_kill = json.loads((out / "summary.json").read_text())
+    _run(cfg, kill_stage=None, delay=0, script=script)
+    got = run_digest(out)
+    diffs = [k for k in want if got[k] != want[k]]
+    return {"killed": killed, "stage": seen[-1] if seen else None, "diffs": diffs,
+            "summary_after_kill": summary_after_kill}
+
+
+def _check(res: dict, stage: str) -> None:
+    assert res["killed"], f"the run finished before the kill in {stage}"
+    assert res["diffs"] == [], f"kill in {stage}: differs from the uninterrupted run in {res['diffs']}"
+    s = res["summary_after_kill"]
+    assert s is None or s.get("complete") is False, f"kill in {stage}: summary.json claims a complete run: {s}"
+
+
+def test_curate_killed_in_the_ledger_of_a_rerun_then_restarted_matches_a_clean_run(baseline, tmp_path):
+    res = _trial(baseline, tmp_path / "out", "ledger", np.random.default_rng(0), rerun_first=True)
+    _check(res, "ledger")
+    assert res["summary_after_kill"] is not None and res["summary_after_kill"]["complete"] is False
+    record("11. curate SIGKILLed + restarted (1 trial: ledger of a rerun)", kinds=1, inputs=30, trials=1, kills=1,
+           crashes=0, lost=0, duplicates=0, silent=0, identical_to_clean=True)
+
+
+@pytest.mark.slow
+def test_curate_killed_in_every_stage_then_restarted_matches_a_clean_run(baseline, tmp_path):
+    rng = np.random.default_rng(16)
+    trials = []
+    for t, stage in enumerate(STAGES * 2):  # 10 independent trials, two per stage
+        res = _trial(baseline, tmp_path / f"t{t}", stage, rng, rerun_first=(t % 2 == 1))
+        _check(res, stage)
+        trials.append((stage, res["stage"]))
+    record("11. curate SIGKILLed + restarted (scan, score, dedup, ledger, export)", kinds=len(STAGES),
+           inputs=30 * len(trials), trials=len(trials), kills=len(trials), crashes=0, lost=0, duplicates=0,
+           silent=0, identical_to_clean=True)
