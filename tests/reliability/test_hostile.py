@@ -402,6 +402,8 @@ def test_item9_two_concurrent_curate_runs_one_wins_output_unchanged(tmp_path, ph
     # first may finish before the second starts (both 0). Never may one break the other (exit 1).
     assert all(rc == 0 or (rc == 3 and "is in use by another nemo_frames run (pid" in err) for rc, err in res), res
     assert any(rc == 0 for rc, _ in res), res
+    record("10. concurrency: two curate runs started together", kinds=1, inputs=2, crashes=0, lost=0,
+           duplicates=0, silent=0, overlapped=sorted(rc for rc, _ in res) == [0, 3])
     out = _exported(tmp_path / "out" / "shards")
     assert sorted(out) == [f"k{i}" for i in range(6)]
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["complete"] is True
