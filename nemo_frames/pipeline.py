@@ -545,6 +545,7 @@ def _summary(
     reasons = c["filtered_by_reason"]
     dups = {k[len("dedup_"):]: v for k, v in reasons.items() if k.startswith("dedup_")}
     out: dict[str, Any] = {
+        "complete": True,
         "output": os.path.abspath(cfg.output),
         "samples_in": c["samples"],
         "kept": int(st.get("ok", 0)),
@@ -612,6 +613,49 @@ def curate(
     # config.yaml exist (a typo must not leave an empty run behind).
     urls = _input_urls(cfg)
     os.makedirs(cfg.output, exist_ok=True)
+    with _run_locks(cfg) as lock:
+        _invalidate_summary(cfg, lock)
+        return _curate(cfg, client=client, overwrite=overwrite, progress=progress)
+
+
+@contextlib.contextmanager
+def _run_locks(cfg: PipelineConfig) -> Iterator[dict[str, Any]]:
+    """Exclusive locks on the run directory and on a local export directory outside it.
+
+    Two runs on one directory would sweep each other's temporaries and interleave ``table/``
+    and ``summary.json``. An export path on an object store cannot be locked; there the commit
+    protocol's exclusive markers keep racing exports correct (docs/io.md).
+    """
+    from nemo_frames.io.commit import directory_lock
+
+    with contextlib.ExitStack() as stack:
+        info = stack.enter_context(directory_lock(cfg.output, what="curate"))
+        exp = cfg.export.path
+        if cfg.export.enabled and exp and ("://" not in exp or exp.startswith("file://")):
+            exp = os.path.abspath(exp.removeprefix("file://"))
+            if os.path.relpath(exp, os.path.abspath(cfg.output)).startswith(".."):
+                stack.enter_context(directory_lock(exp, what="curate (export.path)"))
+        yield info
+
+
+def _invalidate_summary(cfg: PipelineConfig, lock: dict[str, Any]) -> None:
+    """Mark an earlier ``summary.json`` incomplete before anything it describes is rewritten.
+
+    A run killed while rewriting ``table/`` or the export must not leave a summary that says the
+    directory holds a finished run; the final summary is written (``"complete": true``) at the end.
+    """
+    path = os.path.join(cfg.output, "summary.json")
+    if os.path.exists(path):
+        _write_json(path, {
+            "complete": False,
+            "output": os.path.abspath(cfg.output),
+            "note": "a curate run started on this directory and has not finished (still running, or killed); "
+                    "its results are incomplete until it writes this file again",
+            "run": lock,
+        })
+
+
+def _curate(cfg: PipelineConfig, *, client: Any, overwrite: bool, progress: bool) -> RunResult:
     timer = StageTimer()
     notes: list[str] = []
     _write_config(cfg)
@@ -734,11 +778,14 @@ def _write_config(cfg: PipelineConfig) -> None:
 
 # --------------------------------------------------------------------------- command line
 def curate_command(args: argparse.Namespace) -> int:
-    """``nemo-frames curate CONFIG``: run the pipeline; exit code 0, or 2 for a config error.
+    """``nemo-frames curate CONFIG``: run the pipeline; exit code 0, 2 for a config error, 3 when
+    another run holds the output directory.
 
     The CLI's common options map onto the config: ``--workers N`` → ``cluster.options.n_workers``,
     ``--address URL`` → ``cluster.kind: address``, ``--storage-options`` → ``input.storage_options``.
     """
+    from nemo_frames.io.commit import DirectoryLockedError
+
     quiet = bool(getattr(args, "quiet", False))
     try:
         overrides = dict(parse_override(o) for o in args.overrides)
@@ -754,6 +801,9 @@ def curate_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"nemo-frames curate: config error: {exc}", file=sys.stderr)
         return 2
+    except DirectoryLockedError as exc:
+        print(f"nemo-frames curate: {exc}", file=sys.stderr)
+        return 3
     if quiet:
         print(json.dumps({k: result.summary[k] for k in ("samples_in", "kept", "filtered", "errors")}))
     return 0

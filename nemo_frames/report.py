@@ -303,6 +303,10 @@ def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
     return f'<table class="t"><tr>{head}</tr>{body}</table>'
 
 
+class RunIncompleteError(RuntimeError):
+    """The run directory's ``summary.json`` is marked incomplete (a run is rewriting it, or was killed)."""
+
+
 # The report reads the table in batches and keeps only bounded pieces of it: a sample for the
 # histograms, the rows nearest each threshold, the first errors, and the rows it shows as thumbnails.
 # Its memory is then the same for a thousand rows or a hundred million.
@@ -317,7 +321,15 @@ def _load_summary(run_dir: Path) -> dict[str, Any]:
             f"report: {summary_path} not found; {run_dir} is not a run directory of nemo_frames.curate "
             "(run `nemo-frames curate CONFIG` first, or pass the `output` directory of a finished run)"
         )
-    return json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text())
+    if summary.get("complete") is False:
+        # curate marks the summary incomplete before it rewrites table/ and the export.
+        raise RunIncompleteError(
+            f"report: {summary_path} says the curate run in {run_dir} has not finished (started "
+            f"{(summary.get('run') or {}).get('started', '?')}; still running, or killed): table/ may be partial. "
+            "Rerun `nemo-frames curate CONFIG` on it (it resumes) and report again."
+        )
+    return summary
 
 
 def _table_files(run_dir: Path) -> list[str]:
@@ -586,7 +598,7 @@ def report_command(args: argparse.Namespace) -> int:
     try:
         path = write_report(args.run_dir, out=args.out, per_grid=args.per_grid,
                             storage_options=getattr(args, "storage_options", None))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, RunIncompleteError) as exc:
         print(f"nemo-frames report: {exc}", file=sys.stderr)
         return 2
     print(path)

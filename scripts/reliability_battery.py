@@ -30,7 +30,7 @@ HEAD = ("item", "kinds of bad input", "inputs tried", "crashes", "samples lost",
 NOTE_KEYS = ("recorded", "good_inputs", "conservative", "lost_recorded", "worker_deaths", "identical_to_clean",
              "kills", "trials", "seconds_to_fail", "published_without_marker", "shard_writes_attempted",
              "written_outside", "unsafe_names_in_output", "executed", "edge_cases", "bombs", "shard_bytes",
-             "execs", "errors_by_code")
+             "execs", "errors_by_code", "kills_by_stage", "overlapped")
 
 
 def run_fuzz(seconds: int) -> dict:

@@ -64,12 +64,13 @@ from nemo_frames.schema import (
 )
 
 STAGE = "export-webdataset"
-KEY_RULE = "v1"
+KEY_RULE = "v2"  # v2: a safe key that looks like a sanitised name is sanitised too (never collides)
 TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: a constant, so identical input gives identical bytes
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tarfile/GNU tar pad archives to whole 10 KiB records
 _SAFE_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]{1,80}$")
 _SAFE_EXT_RE = re.compile(r"^[a-z0-9_\-]+(\.[a-z0-9_\-]+)*$")
+_SANITISED_RE = re.compile(r"_[0-9a-f]{12}$")  # the suffix safe_key gives the keys it changes
 RUN_FILES = ("_stats.json", "_errors.parquet")
 ORIG_KEY, ORIG_SOURCE, ORIG_IMAGE_MEMBER, ORIG_IMAGE_OFFSET = (
     "orig_key",
@@ -93,8 +94,10 @@ def safe_key(key: str) -> str:
     ``_`` and the first 12 hex digits of the sha256 of the original key. Dots must
     go because WebDataset readers split the member name at the first dot of the
     basename (``a.b.jpg`` would read as key ``a``, extension ``b.jpg``); the hash
-    keeps two keys that differ only in replaced characters distinct. The original key
-    stays in the Parquet column ``orig_key``.
+    keeps two keys that differ only in replaced characters distinct. A safe key that
+    itself ends in ``_`` + 12 lower-case hex digits is changed the same way, so a real key
+    can never equal another key's sanitised name. The original key stays in the Parquet
+    column ``orig_key``.
 
     Examples
     --------
@@ -102,8 +105,10 @@ def safe_key(key: str) -> str:
     '000123'
     >>> safe_key("img.v1/../x")
     'img_v1____x_20f15bcef0ff'
+    >>> safe_key("img_v1____x_20f15bcef0ff")  # a real key shaped like a sanitised one
+    'img_v1____x_20f15bcef0ff_ae0d37ba14e3'
     """
-    if _SAFE_KEY_RE.match(key):
+    if _SAFE_KEY_RE.match(key) and not _SANITISED_RE.search(key):
         return key
     base = re.sub(r"[^A-Za-z0-9_\-]", "_", key)[:64]
     return f"{base}_{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
@@ -400,6 +405,14 @@ def _write_shard(job: _ShardJob, i: int, parts: list[dict[int, pd.DataFrame]]) -
         if not got:
             fail(row, ErrorCode.MISSING_MEMBER, f"members {list(job.members or [])} not found")
             continue
+        if any(e != e.lower() for e in got):
+            # IMG_0001.JPG: loaders match extensions case-sensitively ("jpg"), so the output is lower-case.
+            lowered = {e.lower(): v for e, v in got.items()}
+            if len(lowered) < len(got):
+                fail(row, ErrorCode.DUPLICATE_KEY,
+                     f"member extensions {list(got)} coincide once lower-cased; rename one of them")
+                continue
+            got = lowered
         bad = []
         for e in got:
             ok = safe_ext.get(e)

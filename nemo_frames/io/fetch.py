@@ -151,7 +151,7 @@ def fetch_member_lists(
         members[i] = {}
         items = by_source[src]
         for ext, (off, size) in table.items():
-            if exts is None or ext in exts:
+            if exts is None or ext in exts or ext.lower() in exts:  # "JPG" is asked for as "jpg"
                 items.append((i, ext, int(off), int(size)))
     for src, items in by_source.items():
         if not items:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _constant(name: str) -> Any:
@@ -27,8 +30,9 @@ def loads_strict(data: bytes | str) -> Any:
     """Parse JSON from data, raising ``ValueError`` for anything that is not plain, finite JSON.
 
     Bad UTF-8 raises ``UnicodeDecodeError`` (a ``ValueError``); nesting deeper than Python's
-    recursion limit, ``NaN`` / ``Infinity``, floats that overflow float64 and integers over
-    Python's 4300-digit limit raise ``ValueError``.
+    recursion limit, ``NaN`` / ``Infinity``, floats that overflow float64, integers over
+    Python's 4300-digit limit and lone surrogates (``"\\ud800"``, valid JSON syntax but not
+    text any UTF-8 writer accepts) raise ``ValueError``.
 
     Examples
     --------
@@ -41,6 +45,15 @@ def loads_strict(data: bytes | str) -> Any:
     """
     text = data.decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
-        return json.loads(text, parse_constant=_constant, parse_float=_float)
+        doc = json.loads(text, parse_constant=_constant, parse_float=_float)
     except RecursionError:
         raise ValueError("JSON nested deeper than Python's recursion limit") from None
+    if _SURROGATE_ESCAPE.search(text):
+        # "\ud800" is valid JSON syntax but a lone surrogate is no Unicode text: Arrow, Parquet and
+        # UTF-8 writers refuse it. Only texts with such an escape need the (slower) full check.
+        try:
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+            raise ValueError(f"JSON string holds a lone surrogate {bad} (not a Unicode character)") from None
+    return doc

@@ -26,9 +26,14 @@ _CANONICAL = {**S.SAMPLE_ARROW_TYPES, **S.ITEM_ARROW_TYPES}
 
 def types_mapper(t: pa.DataType) -> Any:
     """Arrow → pandas dtype for reading: ArrowDtype for lists, binaries and nested types,
-    ``string[pyarrow]`` for strings, pyarrow's own default (None) for flat numerics."""
+    ``string[pyarrow]`` for strings, pandas' nullable ``Int64`` / ``UInt64`` for 64-bit integers,
+    pyarrow's own default (None) for other flat numerics."""
     if pa.types.is_struct(t) or pa.types.is_map(t):
         return pd.ArrowDtype(t)
+    if pa.types.is_int64(t) or pa.types.is_uint64(t):
+        # pyarrow's default turns a 64-bit integer column with nulls into float64, which rounds values
+        # above 2**53 (a pHash is a full uint64) and cannot hold 2**64 - 1 at all.
+        return pd.Int64Dtype() if pa.types.is_int64(t) else pd.UInt64Dtype()
     dtype = S.arrow_dtype(t)
     return dtype if isinstance(dtype, pd.api.extensions.ExtensionDtype) else None
 

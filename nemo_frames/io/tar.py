@@ -11,7 +11,13 @@ each 512-byte header, and add what a data pipeline needs on top:
 * only the members the caller asks for are read (sidecars); image data is
   skipped with a seek, so a scan reads headers, not pixels;
 * GNU long names and PAX ``path`` / ``size`` records are honoured;
-* links, devices and directories are reported as such, never followed.
+* links, devices and directories are reported as such, never followed;
+* a header with an impossible size (negative in base-256, or a PAX ``size`` that is not a
+  non-negative integer) is reported on its member (``TarMember.error``) and skipped the way
+  GNU tar does ("Skipping to next header"): blocks are read one by one until the next valid
+  header, so the members after it keep their true offsets;
+* old-GNU sparse members (type ``S``) have their extension blocks skipped, so the members after
+  them stay readable (the sparse member itself is reported as ``special``).
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ class TarMember:
         Regular file, directory, (sym/hard) link, or anything else (device, fifo, sparse).
     data : bytes or None
         The member's data when the caller asked for it (see ``want``), else None.
+    error : str or None
+        Why the member's header is unusable (e.g. a negative size); such a member has ``size``
+        0 and kind ``special``, and the reader has skipped to the next valid header.
     """
 
     name: str
@@ -52,6 +61,7 @@ class TarMember:
     size: int
     kind: MemberKind
     data: bytes | None = None
+    error: str | None = None
 
 
 class TarTruncated(Exception):
@@ -179,8 +189,12 @@ def iter_members(
     pos = f.tell() if seekable else 0
     pending_name: str | None = None
     pending_size: int | None = None
+    pending_error: str | None = None
     member_start: int | None = None
     first = True
+    # After a header with an impossible size, the next header's position is unknown: like GNU tar,
+    # try each following block until one is a valid header (or the end-of-archive marker).
+    resync = False
     while True:
         header = _read_exact(f, BLOCK)
         if len(header) < BLOCK:
@@ -206,11 +220,26 @@ def iter_members(
         except tarfile.HeaderError as exc:
             if first:
                 raise NotATar(f"not a tar archive: invalid header at byte {pos} ({exc})") from None
+            if resync:
+                pos += BLOCK
+                continue
             raise TarCorrupt(f"invalid tar header at byte {pos} ({exc})", offset=pos) from None
         first = False
+        resync = False
         if member_start is None:
             member_start = pos
         data_offset = pos + BLOCK
+        if info.size < 0:
+            # Base-256 lets a header say -1024; seeking by it would move every later locator.
+            name = pending_name if pending_name is not None else info.name
+            yield TarMember(name, member_start, data_offset, 0, "special", None,
+                            f"tar header at byte {pos} gives a negative size ({info.size}); "
+                            "skipped to the next valid header, as GNU tar does")
+            pos = data_offset
+            pending_name = pending_size = pending_error = None
+            member_start = None
+            resync = True
+            continue
         size = info.size if pending_size is None else pending_size
         padded = (size + BLOCK - 1) // BLOCK * BLOCK
         ttype = info.type
@@ -232,12 +261,31 @@ def iter_members(
                 if "path" in pax:
                     pending_name = pax["path"]
                 if "size" in pax:
-                    try:
-                        pending_size = int(pax["size"])
-                    except ValueError:
-                        raise TarCorrupt(f"bad PAX size at byte {pos}", offset=pos) from None
+                    raw_size = pax["size"].strip()
+                    if raw_size.isdigit():  # digits only: no sign, no spaces inside (GNU tar's rule)
+                        pending_size = int(raw_size)
+                    else:
+                        # GNU tar ignores such a record and uses the ustar header's size.
+                        pending_error = (
+                            f"PAX header at byte {pos} gives size={pax['size'][:40]!r}, not a non-negative "
+                            "integer; ignored it (GNU tar does too) and skipped to the next valid header"
+                        )
             pos = data_offset + (ext_size + BLOCK - 1) // BLOCK * BLOCK
             continue
+
+        if ttype == tarfile.GNUTYPE_SPARSE and header[482]:
+            # Old-GNU sparse: more sparse-map blocks follow the header (each flags whether another
+            # follows at byte 504) before the member's data.
+            while True:
+                ext_block = _read_exact(f, BLOCK)
+                if len(ext_block) < BLOCK:
+                    raise TarTruncated(
+                        f"archive ends at byte {data_offset + len(ext_block)} inside a sparse header",
+                        offset=data_offset,
+                    )
+                data_offset += BLOCK
+                if not ext_block[504]:
+                    break
 
         name = pending_name if pending_name is not None else info.name
         if ttype in tarfile.REGULAR_TYPES and ttype != tarfile.GNUTYPE_SPARSE:
@@ -270,7 +318,11 @@ def iter_members(
                     offset=data_offset,
                     member=name,
                 )
-        yield TarMember(name, member_start, data_offset, size, kind, data_bytes)
+        if pending_error is not None:
+            yield TarMember(name, member_start, data_offset, size, "special", None, pending_error)
+            resync = True
+        else:
+            yield TarMember(name, member_start, data_offset, size, kind, data_bytes)
         pos = data_offset + padded
-        pending_name = pending_size = None
+        pending_name = pending_size = pending_error = None
         member_start = None

@@ -62,6 +62,20 @@ def _split_key(name: str) -> tuple[str, str] | None:
     return name[:dot], name[dot + 1 :]
 
 
+def _readable_name(name: str) -> str | None:
+    """``name`` with its undecodable bytes escaped (``caf\\xe9.jpg``), or None when it is valid UTF-8.
+
+    Tar names are bytes; the reader decodes them as UTF-8 with ``surrogateescape``, so a name
+    that is not UTF-8 (Latin-1 ``caf\xe9.jpg``, a PAX path with ``hdrcharset=BINARY``) arrives with
+    lone surrogates, which Arrow, JSON and most file systems refuse.
+    """
+    try:
+        name.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _unsafe_reason(name: str) -> str | None:
     if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
         return f"member {name!r} has an absolute path"
@@ -257,6 +271,15 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
                 for m in iter_members(f, want=_want(cfg), max_read_size=max(cfg.max_sidecar_size, cfg.max_member_size)):
                     if m.kind == "dir":
                         continue
+                    bad_name = None
+                    readable = _readable_name(m.name)
+                    if readable is not None:
+                        # Keep the sample as an error row under its escaped name, never drop it.
+                        bad_name = (
+                            f"member name {readable!r} is not valid UTF-8 (shown with its bad bytes escaped); "
+                            "WebDataset keys are text: rename the member in the shard"
+                        )
+                        m = dataclasses.replace(m, name=readable)
                     unsafe = _unsafe_reason(m.name)
                     sk = _split_key(m.name)
                     if sk is None:
@@ -266,6 +289,7 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
                                 url,
                                 ErrorCode.UNSAFE_MEMBER if unsafe else ErrorCode.BAD_KEY,
                                 unsafe
+                                or bad_name
                                 or f"member {m.name!r} has no extension, so it has no WebDataset key (key.ext expected)",
                                 key=m.name,
                             )
@@ -283,12 +307,17 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
                         seen.add(key)
                     current.members.append(m)
                     if current.error is None:
-                        if unsafe:
+                        if m.error is not None:
+                            current.error = error_text(ErrorCode.SHARD_UNREADABLE, f"member {m.name!r}: {m.error}")
+                        elif bad_name is not None:
+                            current.error = error_text(ErrorCode.BAD_KEY, bad_name)
+                        elif unsafe:
                             current.error = error_text(ErrorCode.UNSAFE_MEMBER, unsafe)
                         elif m.kind != "file":
                             current.error = error_text(
                                 ErrorCode.UNSAFE_MEMBER,
-                                f"member {m.name!r} is a {m.kind}, not a regular file; links are never followed",
+                                f"member {m.name!r} is a {m.kind} (link, device, FIFO or sparse file), not a regular "
+                                "file; such members are never followed or read",
                             )
                 close()
             except TarTruncated as exc:
@@ -351,8 +380,19 @@ def rows_to_frame(rows: list[dict[str, Any]], meta: pd.DataFrame) -> pd.DataFram
 
             data[col] = pd.Series(pa.array(values, type=dtype.pyarrow_dtype), dtype=dtype)
         else:
-            data[col] = pd.Series(values if n else [], dtype=dtype)
+            try:
+                data[col] = pd.Series(values if n else [], dtype=dtype)
+            except UnicodeEncodeError:
+                # A lone surrogate that got past the readers must not take the partition down with an
+                # empty UnicodeEncodeError: store it escaped (the readers record why on the row).
+                data[col] = pd.Series([_escape_surrogates(v) for v in values], dtype=dtype)
     return pd.DataFrame(data, index=pd.RangeIndex(n))
+
+
+def _escape_surrogates(v: Any) -> Any:
+    if isinstance(v, str):
+        return v.encode("utf-8", "backslashreplace").decode("utf-8")
+    return v
 
 
 def _scan_partition(

@@ -72,7 +72,9 @@ def test_parquet_round_trip_keeps_every_column(make_shards, tmp_path):
         e = rng.standard_normal((len(p), 8)).astype("f4")
         return p.assign(
             embedding=from_matrix(e, index=p.index),
-            phash=pd.Series(np.arange(len(p), dtype=np.uint64) * np.uint64(2**60), index=p.index),
+            # UInt64 as scoring makes it: a null and values over 2**53 must come back exact.
+            phash=pd.Series(pd.array([None, *(np.arange(1, len(p), dtype=np.uint64) * np.uint64(2**60 + 1))],
+                                     dtype="UInt64")[: len(p)], index=p.index),
             width=pd.Series(320, index=p.index, dtype="int32"),
         )
 
