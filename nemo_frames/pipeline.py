@@ -615,7 +615,7 @@ def curate(
     os.makedirs(cfg.output, exist_ok=True)
     with _run_locks(cfg) as lock:
         _invalidate_summary(cfg, lock)
-        return _curate(cfg, client=client, overwrite=overwrite, progress=progress)
+        return _curate(cfg, urls, t_start, client=client, overwrite=overwrite, progress=progress)
 
 
 @contextlib.contextmanager
@@ -655,7 +655,9 @@ def _invalidate_summary(cfg: PipelineConfig, lock: dict[str, Any]) -> None:
         })
 
 
-def _curate(cfg: PipelineConfig, *, client: Any, overwrite: bool, progress: bool) -> RunResult:
+def _curate(
+    cfg: PipelineConfig, urls: list[str], t_start: float, *, client: Any, overwrite: bool, progress: bool
+) -> RunResult:
     timer = StageTimer()
     notes: list[str] = []
     _write_config(cfg)
