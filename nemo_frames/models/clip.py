@@ -36,8 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ClipConfig",
-    "PrecisionChoice",
     "ClipEmbedder",
+    "PrecisionChoice",
     "PreprocessParams",
     "WeightsError",
     "architecture_config",
