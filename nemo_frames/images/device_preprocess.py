@@ -1,0 +1,88 @@
+"""CLIP preprocessing on a torch device, for images decoded there (nvJPEG).
+
+The CPU fast path (:mod:`nemo_frames.images.preprocess`) works on numpy arrays; an image that
+nvJPEG decoded into GPU memory would have to come back to the host for it and go out again as a
+batch. Here the same geometry (:func:`~nemo_frames.images.preprocess.crop_geometry`: resize the
+short side, centre crop with torchvision's offsets) runs on the tensor where it lies, with
+torch's antialiased bicubic / bilinear resize, and the batch stays on the device for the model.
+torch is imported inside the function, so importing this module is free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from nemo_frames.images.decode import DecodedImage
+from nemo_frames.images.preprocess import ClipPreprocess, crop_geometry
+
+__all__ = ["preprocess_batch_torch"]
+
+
+def _hwc_tensor(img: Any, torch: Any, device: Any) -> tuple[Any, int, int]:
+    """(H, W, 3) uint8 tensor on ``device`` and the image's full-size (width, height)."""
+    if isinstance(img, DecodedImage):
+        rgb, width, height = img.rgb, img.width, img.height
+    else:
+        rgb = img
+        width, height = int(rgb.shape[1]), int(rgb.shape[0])
+    t = rgb if isinstance(rgb, torch.Tensor) else torch.from_numpy(rgb)
+    if t.ndim != 3 or t.shape[2] != 3 or t.dtype != torch.uint8:
+        raise ValueError(
+            "preprocess_batch_torch: expected (H, W, 3) uint8 RGB images, found shape "
+            f"{tuple(t.shape)} dtype {t.dtype}; decode with decode_batch_nvjpeg(output='device') or decode_image"
+        )
+    return t.to(device, non_blocking=True), width, height
+
+
+def preprocess_batch_torch(
+    images: Sequence[DecodedImage | Any],
+    params: ClipPreprocess | None = None,
+    *,
+    device: Any = None,
+) -> Any:
+    """Images (torch tensors on any device, or numpy) → a normalised float32 ``(N, 3, h, w)`` tensor.
+
+    Parameters
+    ----------
+    images : sequence of DecodedImage, torch.Tensor or numpy.ndarray
+        ``(H, W, 3)`` uint8 RGB at full size, e.g. from
+        :func:`~nemo_frames.images.decode.decode_batch_nvjpeg` with ``output="device"``.
+    params : ClipPreprocess, optional
+        The model's size, crop, mean, std and filter (default: OpenAI CLIP at 224 px).
+    device : torch.device or str, optional
+        Where the batch is built (default: the first image's device).
+
+    Returns
+    -------
+    torch.Tensor
+        On ``device``. The resized pixels are rounded to whole levels, as a uint8 resize would.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = preprocess_batch_torch([np.full((300, 400, 3), 128, np.uint8)])
+    >>> tuple(x.shape), str(x.dtype), str(x.device)
+    ((1, 3, 224, 224), 'torch.float32', 'cpu')
+    """
+    import torch
+    import torch.nn.functional as F
+
+    params = params or ClipPreprocess()
+    ch, cw = params.crop
+    if device is None:
+        first = images[0].rgb if images and isinstance(images[0], DecodedImage) else (images[0] if images else None)
+        device = first.device if isinstance(first, torch.Tensor) else "cpu"
+    out = torch.empty((len(images), 3, ch, cw), dtype=torch.float32, device=device)
+    mean = torch.tensor(params.mean, dtype=torch.float32, device=device).view(3, 1, 1) * 255.0
+    inv_std = 1.0 / (torch.tensor(params.std, dtype=torch.float32, device=device).view(3, 1, 1) * 255.0)
+    mode = "bicubic" if params.interpolation == "bicubic" else "bilinear"
+    for i, img in enumerate(images):
+        t, width, height = _hwc_tensor(img, torch, device)
+        nw, nh, left, top = crop_geometry(width, height, params)
+        x = t.permute(2, 0, 1).unsqueeze(0).float()
+        if (x.shape[-1], x.shape[-2]) != (nw, nh):
+            x = F.interpolate(x, size=(nh, nw), mode=mode, align_corners=False, antialias=True)
+        x = x[0, :, top : top + ch, left : left + cw].round_().clamp_(0, 255)
+        out[i] = (x - mean) * inv_std
+    return out
