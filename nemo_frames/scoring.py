@@ -164,6 +164,12 @@ def _preprocess_params(embedder: Any) -> Any:
     return ClipPreprocess(size=size, crop=(h, w), mean=p.mean, std=p.std, interpolation=p.interpolation)
 
 
+def _default_params() -> Any:
+    from nemo_frames.images.preprocess import ClipPreprocess
+
+    return ClipPreprocess()
+
+
 def _nullable(values: Sequence[Any], valid: np.ndarray, dtype: Any, index: pd.Index) -> pd.Series:
     out = pd.Series(pd.array([None] * len(index), dtype=dtype), index=index)
     if valid.any():
@@ -282,8 +288,7 @@ class Score:
 
         on_device = cfg.decoder == "nvjpeg"
         if on_device:
-            from nemo_frames.images.decode import decode_batch_nvjpeg
-            from nemo_frames.images.device_preprocess import preprocess_batch_torch
+            from nemo_frames.images.device_preprocess import decode_preprocess_on_device
 
             if embedder is not None:
                 decode_device = str(embedder.device)
@@ -292,25 +297,27 @@ class Score:
 
                 decode_device = "cuda" if gpu_available() else "cpu"
 
-        def decoded(rows: np.ndarray) -> list[tuple[int, Any]]:
-            if on_device:
-                res = decode_batch_nvjpeg([blobs[i] for i in rows], device=decode_device,
-                                          max_pixels=cfg.max_pixels, output="device")
-                return list(zip(rows.tolist(), res, strict=True))
-            out: list[tuple[int, Any]] = []
-            for i in rows:
-                try:
-                    out.append((int(i), decode_image(blobs[i], target=target, max_pixels=cfg.max_pixels)))
-                except DecodeError as exc:
-                    out.append((int(i), exc))
-            return out
-
         def prepare(rows: np.ndarray) -> tuple[list[int], Any]:
             nonlocal t_prepare
             t = time.perf_counter()
             good: list[int] = []
             imgs = []
-            for i, d in decoded(rows):
+            batch = None
+            if on_device:
+                # Decoded and preprocessed on the device in one go; the batch stays there for the model.
+                res, batch = decode_preprocess_on_device(
+                    [blobs[i] for i in rows], params or _default_params(), device=decode_device,
+                    max_pixels=cfg.max_pixels, preprocess=embedder is not None,
+                )
+                items: list[tuple[int, Any]] = list(zip(rows.tolist(), res, strict=True))
+            else:
+                items = []
+                for i in rows:
+                    try:
+                        items.append((int(i), decode_image(blobs[i], target=target, max_pixels=cfg.max_pixels)))
+                    except DecodeError as exc:
+                        items.append((int(i), exc))
+            for i, d in items:
                 if isinstance(d, DecodeError):
                     errs[i] = d
                     continue
@@ -327,12 +334,8 @@ class Score:
                 good.append(i)
                 if embedder is not None:
                     imgs.append(d)
-            batch = None
-            if imgs:
-                if on_device:
-                    batch = preprocess_batch_torch(imgs, params, device=embedder.device)  # type: ignore[union-attr]
-                else:
-                    batch = preprocess_batch(imgs, params, resample=cfg.resample)
+            if imgs and not on_device:
+                batch = preprocess_batch(imgs, params, resample=cfg.resample)
             t_prepare += time.perf_counter() - t
             return good, batch
 

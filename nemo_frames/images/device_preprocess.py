@@ -10,13 +10,14 @@ torch is imported inside the function, so importing this module is free.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from nemo_frames.images.decode import DecodedImage
 from nemo_frames.images.preprocess import ClipPreprocess, crop_geometry
 
-__all__ = ["preprocess_batch_torch"]
+__all__ = ["decode_preprocess_on_device", "preprocess_batch_torch"]
 
 
 def _hwc_tensor(img: Any, torch: Any, device: Any) -> tuple[Any, int, int]:
@@ -86,3 +87,39 @@ def preprocess_batch_torch(
         x = x[0, :, top : top + ch, left : left + cw].round_().clamp_(0, 255)
         out[i] = (x - mean) * inv_std
     return out
+
+
+_STREAMS = threading.local()
+
+
+def decode_preprocess_on_device(
+    datas: Sequence[Any], params: ClipPreprocess, *, device: Any, max_pixels: int | None, preprocess: bool = True
+) -> tuple[list[Any], Any]:
+    """nvJPEG-decode a chunk and build its CLIP batch on ``device``: ``(decoded or DecodeError per item, batch)``.
+
+    On CUDA the work runs on a side stream of the calling thread, which is synchronised before the
+    batch is handed over, and the batch is marked as used by the default stream. torchvision's
+    CUDA decoder writes on a private stream without waiting for the caller's stream, so it could
+    be handed a freed block that queued kernels (another chunk's forward pass) still read; on a
+    stream of its own with nothing queued, it cannot. ``batch`` is None when nothing decoded.
+    """
+    import torch
+
+    from nemo_frames.images.decode import DecodeError, decode_batch_nvjpeg
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        res = decode_batch_nvjpeg(datas, device=str(dev), max_pixels=max_pixels, output="device")
+        good = [d for d in res if not isinstance(d, DecodeError)]
+        return res, (preprocess_batch_torch(good, params, device=dev) if good and preprocess else None)
+    stream = getattr(_STREAMS, "stream", None)
+    if stream is None or stream.device != dev:
+        stream = _STREAMS.stream = torch.cuda.Stream(device=dev)
+    with torch.cuda.stream(stream):
+        res = decode_batch_nvjpeg(datas, device=str(dev), max_pixels=max_pixels, output="device")
+        good = [d for d in res if not isinstance(d, DecodeError)]
+        batch = preprocess_batch_torch(good, params, device=dev) if good and preprocess else None
+    stream.synchronize()
+    if batch is not None:
+        batch.record_stream(torch.cuda.default_stream(dev))
+    return res, batch
