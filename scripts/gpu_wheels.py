@@ -60,8 +60,12 @@ def wheel_specs() -> dict[str, str]:
     return out
 
 
+def norm_set(names: list[str]) -> set[str]:
+    return {norm(n) for n in names}
+
+
 def machine_packages() -> set[str]:
-    return {norm(n) for n in read_list(MACHINE_TXT)}
+    return norm_set(read_list(MACHINE_TXT))
 
 
 def project_requirements() -> list[str]:
