@@ -112,6 +112,8 @@ def decode_preprocess_on_device(
         res = decode_batch_nvjpeg(datas, device=str(dev), max_pixels=max_pixels, output="device")
         good = [d for d in res if not isinstance(d, DecodeError)]
         return res, (preprocess_batch_torch(good, params, device=dev) if good and preprocess else None)
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
     stream = getattr(_STREAMS, "stream", None)
     if stream is None or stream.device != dev:
         stream = _STREAMS.stream = torch.cuda.Stream(device=dev)
