@@ -20,20 +20,22 @@ from nemo_frames.images.preprocess import ClipPreprocess, crop_geometry
 __all__ = ["decode_preprocess_on_device", "preprocess_batch_torch"]
 
 
-def _hwc_tensor(img: Any, torch: Any, device: Any) -> tuple[Any, int, int]:
-    """(H, W, 3) uint8 tensor on ``device`` and the image's full-size (width, height)."""
+def _hwc_tensor(img: Any, torch: Any, device: Any) -> tuple[Any, int, int, tuple[float, float, float, float]]:
+    """(H, W, 3) uint8 tensor on ``device``, the image's full-size (width, height) and the box its pixels span."""
     if isinstance(img, DecodedImage):
         rgb, width, height = img.rgb, img.width, img.height
+        box = img.box or (0.0, 0.0, float(width), float(height))
     else:
         rgb = img
         width, height = int(rgb.shape[1]), int(rgb.shape[0])
+        box = (0.0, 0.0, float(width), float(height))
     t = rgb if isinstance(rgb, torch.Tensor) else torch.from_numpy(rgb)
     if t.ndim != 3 or t.shape[2] != 3 or t.dtype != torch.uint8:
         raise ValueError(
             "preprocess_batch_torch: expected (H, W, 3) uint8 RGB images, found shape "
             f"{tuple(t.shape)} dtype {t.dtype}; decode with decode_batch_nvjpeg(output='device') or decode_image"
         )
-    return t.to(device, non_blocking=True), width, height
+    return t.to(device, non_blocking=True), width, height, box
 
 
 def preprocess_batch_torch(
@@ -79,12 +81,25 @@ def preprocess_batch_torch(
     inv_std = 1.0 / (torch.tensor(params.std, dtype=torch.float32, device=device).view(3, 1, 1) * 255.0)
     mode = "bicubic" if params.interpolation == "bicubic" else "bilinear"
     for i, img in enumerate(images):
-        t, width, height = _hwc_tensor(img, torch, device)
+        t, width, height, (x0, y0, x1, y1) = _hwc_tensor(img, torch, device)
         nw, nh, left, top = crop_geometry(width, height, params)
         x = t.permute(2, 0, 1).unsqueeze(0).float()
-        if (x.shape[-1], x.shape[-2]) != (nw, nh):
-            x = F.interpolate(x, size=(nh, nw), mode=mode, align_corners=False, antialias=True)
-        x = x[0, :, top : top + ch, left : left + cw].round_().clamp_(0, 255)
+        # The pixels span the box (x0, y0, x1, y1) of the full-size image (a DCT-scaled decode spans its last
+        # block's padding too): scale them so that one pixel is one pixel of the resized image, then crop at
+        # the box's offset. Mapping through width / rgb width instead would stretch the image.
+        sx, sy = nw / width, nh / height
+        fx, fy = (x1 - x0) * sx / x.shape[-1], (y1 - y0) * sy / x.shape[-2]
+        if abs(fx - 1) > 1e-9 or abs(fy - 1) > 1e-9:
+            # A hair over the exact factor so that floor(size * factor) cannot fall one pixel short.
+            x = F.interpolate(x, scale_factor=(fy * (1 + 1e-9), fx * (1 + 1e-9)), mode=mode,
+                              align_corners=False, antialias=True, recompute_scale_factor=False)
+        ox, oy = round(left - x0 * sx), round(top - y0 * sy)
+        x = x[0, :, oy : oy + ch, ox : ox + cw].round_().clamp_(0, 255)
+        if x.shape[1:] != (ch, cw):
+            raise ValueError(
+                f"preprocess_batch_torch: image {i} ({width}x{height}, pixels spanning box {(x0, y0, x1, y1)}) "
+                f"does not cover the {ch}x{cw} crop; this is a bug, please report it with the image"
+            )
         out[i] = (x - mean) * inv_std
     return out
 

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nemo_frames.images.decode import decode_batch_nvjpeg, decode_image  # noqa: E402
+from nemo_frames.images.decode import DecodedImage, decode_batch_nvjpeg, decode_image  # noqa: E402
 from nemo_frames.images.device_preprocess import preprocess_batch_torch  # noqa: E402
 from nemo_frames.images.preprocess import ClipPreprocess, preprocess_batch  # noqa: E402
 
@@ -35,8 +35,18 @@ def test_torchvision_decoded_tensors_and_dct_scaled_images_agree():
     assert all(isinstance(d.rgb, torch.Tensor) for d in tensors)
     full = preprocess_batch_torch(tensors)
     # A DCT-reduced decode keeps the full-size width/height, so the geometry is the same.
-    small = preprocess_batch_torch([decode_image(b, target=224) for b in datas])
-    assert np.abs(full.numpy() - small.numpy()).mean() < 3 * LEVEL
+    scaled = [decode_image(b, target=224) for b in datas]
+    diff = np.abs(full.numpy() - preprocess_batch_torch(scaled).numpy()).mean(axis=(1, 2, 3)) / LEVEL
+    assert diff.max() < 2.5, diff  # the DCT-domain reduction filters differently: 0-2 levels measured
+    # The motorcycle's 741 px width decodes to 371 px spanning 742 source px (the last block's padding):
+    # mapping through the box, not width / decoded width, keeps it in place (3.9 levels off when stretched).
+    padded = [i for i, d in enumerate(scaled) if d.box is not None and d.box[2] > d.width]
+    assert padded
+    for i in padded:
+        d = scaled[i]
+        stretched = DecodedImage(d.rgb, d.width, d.height, d.format, d.orientation, None)
+        off = np.abs(full.numpy()[i] - preprocess_batch_torch([stretched]).numpy()[0]).mean() / LEVEL
+        assert off > 1.5 * diff[i], (off, diff[i])
 
 
 def test_bad_input_is_a_clear_error():
