@@ -37,5 +37,12 @@ test-all: install browser
 lint: install
 	$(VENV)/bin/ruff check nemo_frames tests benchmarks scripts
 
+# The wheels a lent GPU machine lacks (Python 3.12, manylinux x86-64), into .gpu-wheels/ (ignored), with a
+# size check (<= 60 MiB) and a check that every requirement is on the machine or in the set. Then on such a
+# machine: scripts/gpu_check.sh OUT_DIR (docs/performance.md, "GPU check").
+.PHONY: gpu-wheels
+gpu-wheels:
+	$(PY) scripts/gpu_wheels.py --dest .gpu-wheels
+
 clean:
 	rm -rf demo_out demo_data .pytest_cache

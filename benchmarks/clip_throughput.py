@@ -92,7 +92,8 @@ def run(
                         t_bare += time.perf_counter() - t0
             assert np.abs(ours - ref).max() <= 1e-5, "ClipEmbedder and bare loop disagree"
             n = len(x) * rounds
-            rows.append((name, prec, bs, n, n / t_bare, n / t_ours, t_bare / t_ours))
+            label = f"auto → {emb.precision}" if prec == "auto" else prec
+            rows.append((name, label, bs, n, n / t_bare, n / t_ours, t_bare / t_ours))
             embs[prec] = emb.embed_images(x[:6])
             del emb
         if "fp32" in embs and "bf16" in embs:
@@ -104,7 +105,8 @@ def run(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-L-14"])
-    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "auto"],
+                    help="auto: what precision='auto' picks on this CPU (AMX / AVX512-BF16 → bf16, else fp32)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 32 for B-32, 16 for L-14)")
     ap.add_argument(
         "--batches", type=int, default=None, help="batches per round (default 2 for B-32, 1 for L-14)"

@@ -121,8 +121,10 @@ class ScoreSection:
         Paths to the LAION aesthetic / NSFW head weights (need ViT-L-14 embeddings).
     blur, qr, phash, content_hash : bool
         Pixel operators (QR detection is the slowest of them, so it is off unless asked for).
-    precision : {"fp32", "bf16", "fp16"}
+    precision : {"fp32", "bf16", "fp16", "auto"}
         Precision of the CLIP weights (bf16 is much faster on CPUs with AMX; see docs/performance.md).
+        ``auto``: each worker picks by its hardware (bf16 on AMX / AVX512-BF16 CPUs and CUDA 8.0+,
+        fp16 on older CUDA, else fp32) and logs the choice.
     batch_size : int
         Images per CLIP forward pass.
     checkpoint : bool
@@ -144,7 +146,7 @@ class ScoreSection:
     qr: bool = False
     phash: bool = True
     content_hash: bool = True
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     batch_size: int = 64
     checkpoint: bool = True
     prefetch: bool = True

@@ -75,6 +75,13 @@ class ScoreConfig:
         current one (decoders and torch release the GIL). Measured on 2 CPU cores it raised fused
         ViT-B-32 throughput by 3-8 % (the model's threads leave gaps the decoder fills); on a GPU it
         keeps the device fed. Results are identical either way.
+    decoder : {"cpu", "nvjpeg"}
+        ``cpu``: the fast path (libjpeg-turbo DCT-scaled JPEGs, Pillow for the rest). ``nvjpeg``:
+        a chunk's JPEGs go to torchvision's ``decode_jpeg`` on the CLIP model's device (nvJPEG on
+        CUDA; libjpeg on CPU) and are resized and normalised there
+        (:func:`nemo_frames.images.device_preprocess.preprocess_batch_torch`); other formats fall
+        back to the CPU decoder per image. Blur / QR / pHash then copy each image to the host, so
+        turn them off when only CLIP should run on the GPU.
     storage_options : dict, optional
         fsspec options to fetch bytes from remote shards.
     """
@@ -92,12 +99,15 @@ class ScoreConfig:
     resample: Literal["auto", "cv2-cubic", "cv2-area", "cv2-linear", "pil-bicubic"] = "cv2-linear"
     prefetch: bool = True
     storage_options: dict[str, Any] | None = None
+    decoder: Literal["cpu", "nvjpeg"] = "cpu"
 
     def __post_init__(self) -> None:
         if isinstance(self.clip, dict):
             from nemo_frames.models.clip import ClipConfig
 
             object.__setattr__(self, "clip", ClipConfig(**self.clip))
+        if self.decoder not in ("cpu", "nvjpeg"):
+            raise ValueError(f"ScoreConfig.decoder must be 'cpu' or 'nvjpeg', got {self.decoder!r}")
         if self.text and self.clip is None:
             raise ValueError("ScoreConfig: text=True embeds captions with CLIP; set clip=ClipConfig(...) too")
 
@@ -152,6 +162,12 @@ def _preprocess_params(embedder: Any) -> Any:
     h, w = p.image_size
     size: int | tuple[int, int] = min(h, w) if p.resize_mode == "shortest" else (h, w)
     return ClipPreprocess(size=size, crop=(h, w), mean=p.mean, std=p.std, interpolation=p.interpolation)
+
+
+def _default_params() -> Any:
+    from nemo_frames.images.preprocess import ClipPreprocess
+
+    return ClipPreprocess()
 
 
 def _nullable(values: Sequence[Any], valid: np.ndarray, dtype: Any, index: pd.Index) -> pd.Series:
@@ -270,28 +286,56 @@ class Score:
         errs: dict[int, DecodeError] = {}
         t_prepare = 0.0
 
-        def prepare(rows: np.ndarray) -> tuple[list[int], np.ndarray | None]:
+        on_device = cfg.decoder == "nvjpeg"
+        if on_device:
+            from nemo_frames.images.device_preprocess import decode_preprocess_on_device
+
+            if embedder is not None:
+                decode_device = str(embedder.device)
+            else:
+                from nemo_frames.backend import gpu_available
+
+                decode_device = "cuda" if gpu_available() else "cpu"
+
+        def prepare(rows: np.ndarray) -> tuple[list[int], Any]:
             nonlocal t_prepare
             t = time.perf_counter()
             good: list[int] = []
             imgs = []
-            for i in rows:
-                try:
-                    d = decode_image(blobs[i], target=target, max_pixels=cfg.max_pixels)
-                except DecodeError as exc:
-                    errs[int(i)] = exc
+            batch = None
+            if on_device:
+                # Decoded and preprocessed on the device in one go; the batch stays there for the model.
+                res, batch = decode_preprocess_on_device(
+                    [blobs[i] for i in rows], params or _default_params(), device=decode_device,
+                    max_pixels=cfg.max_pixels, preprocess=embedder is not None,
+                )
+                items: list[tuple[int, Any]] = list(zip(rows.tolist(), res, strict=True))
+            else:
+                items = []
+                for i in rows:
+                    try:
+                        items.append((int(i), decode_image(blobs[i], target=target, max_pixels=cfg.max_pixels)))
+                    except DecodeError as exc:
+                        items.append((int(i), exc))
+            for i, d in items:
+                if isinstance(d, DecodeError):
+                    errs[i] = d
                     continue
                 width[i], height[i] = d.width, d.height
-                if cfg.blur:
-                    blur[i] = M.blur_score(d.rgb)
-                if cfg.qr:
-                    qr[i] = M.qr_area_ratio(d.rgb)
-                if cfg.phash:
-                    ph[i] = M.phash(d.rgb)
-                good.append(int(i))
+                if cfg.blur or cfg.qr or cfg.phash:
+                    # Device-decoded pixels come to the host only for the CPU operators that need them.
+                    rgb = d.rgb if isinstance(d.rgb, np.ndarray) else d.rgb.cpu().numpy()
+                    if cfg.blur:
+                        blur[i] = M.blur_score(rgb)
+                    if cfg.qr:
+                        qr[i] = M.qr_area_ratio(rgb)
+                    if cfg.phash:
+                        ph[i] = M.phash(rgb)
+                good.append(i)
                 if embedder is not None:
                     imgs.append(d)
-            batch = preprocess_batch(imgs, params, resample=cfg.resample) if imgs else None
+            if imgs and not on_device:
+                batch = preprocess_batch(imgs, params, resample=cfg.resample)
             t_prepare += time.perf_counter() - t
             return good, batch
 
@@ -302,7 +346,7 @@ class Score:
         emb_parts: list[np.ndarray] = []
         t_embed = 0.0
 
-        def embed(good: list[int], batch: np.ndarray | None) -> None:
+        def embed(good: list[int], batch: Any) -> None:
             nonlocal t_embed
             if batch is None or embedder is None:
                 return
@@ -376,6 +420,7 @@ def score(
     keep_bytes: bool = False,
     prefetch: bool = True,
     storage_options: dict[str, Any] | None = None,
+    decoder: Literal["cpu", "nvjpeg"] = "cpu",
     config: ScoreConfig | None = None,
 ) -> dd.DataFrame | pd.DataFrame:
     """Score a sample table in one fused pass (decode each image once).
@@ -394,6 +439,9 @@ def score(
         Pixel operators.
     prefetch : bool
         Prepare the next CLIP batch in a helper thread while the model runs (same results).
+    decoder : {"cpu", "nvjpeg"}
+        Where JPEGs are decoded and preprocessed: the CPU fast path, or torchvision's nvJPEG on the
+        CLIP model's device (see :class:`ScoreConfig`).
     config : ScoreConfig, optional
         All of the above in one object (keyword arguments are ignored when given).
 
@@ -422,6 +470,7 @@ def score(
         keep_bytes=keep_bytes,
         prefetch=prefetch,
         storage_options=storage_options,
+        decoder=decoder,
     )
     stage = Score(cfg)
     if isinstance(df, pd.DataFrame):

@@ -392,6 +392,7 @@ def test_gpu_without_dask_cuda_names_install_hint():
 @pytest.mark.gpu
 def test_gpu_cluster_one_worker_per_gpu():
     pytest.importorskip("dask_cuda")
+    pytest.importorskip("rmm", reason="RAPIDS rmm not installed: the RMM pool (GpuOptions.rmm_pool_size) needs it")
     import dask_cuda.utils
 
     n_gpus = dask_cuda.utils.get_n_gpus()
@@ -445,3 +446,23 @@ def test_gpu_options_read_from_dask_cuda_source_without_importing_it(tmp_path, m
     with pytest.raises(ClusterOptionError, match=r"rmm_pool_sise: .*kind 'gpu' \(did you mean 'rmm_pool_size'\?\)"):
         check_cluster_options("gpu", {"rmm_pool_sise": 0.5})
     assert "dask_cuda" not in sys.modules
+
+
+@pytest.mark.gpu
+def test_gpu_cluster_without_rapids():
+    # What a GPU machine without RAPIDS can run (the lent machines): LocalCUDACluster with no RMM pool,
+    # no cuDF spilling, torch on its own allocator.
+    pytest.importorskip("dask_cuda")
+    opts = GpuOptions(devices="0", rmm_pool_size=None, enable_cudf_spill=False, torch_on_rmm=False, cupy_on_rmm=False)
+    with cluster("gpu", gpu=opts) as client:
+        client.wait_for_workers(1, timeout=120)
+        assert describe_client(client)["n_workers"] == 1
+
+        def _on_gpu():
+            import os
+
+            import torch
+
+            return os.environ.get("CUDA_VISIBLE_DEVICES"), float(torch.ones(1024, device="cuda").sum())
+
+        assert list(client.run(_on_gpu).values()) == [("0", 1024.0)]

@@ -133,3 +133,13 @@ def test_cluster_option_typo_is_a_config_error_naming_the_key(tmp_path):
         cfg(cluster={"kind": "threads", "options": {"preload_nanny": []}})
     with pytest.raises(ConfigError, match=r"cluster\.options\.adress: .*did you mean 'address'"):
         cfg(cluster={"kind": "address", "options": {"adress": "tcp://127.0.0.1:8786"}})
+
+
+def test_precision_auto_reaches_the_clip_config():
+    pytest.importorskip("open_clip")
+    from nemo_frames.pipeline import plan_score
+
+    c = load_config({"input": {"urls": "a.tar"}, "score": {"precision": "auto", "clip": {"model": "nf-tiny-vit", "pretrained": None}}})
+    assert plan_score(c).kwargs["clip"].precision == "auto"
+    with pytest.raises(ConfigError, match="did you mean 'auto'"):
+        load_config({"input": {"urls": "a.tar"}, "score": {"precision": "atuo"}})

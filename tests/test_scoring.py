@@ -125,3 +125,37 @@ def test_chunks_and_prefetch_give_the_same_table(tmp_path, jpegs):
         alone = score(df[df.key == row.key], clip=tiny, qr=True).iloc[0]
         assert alone.blur_score == row.blur_score and alone.phash == row.phash and alone.width == row.width
         assert np.allclose(np.asarray(alone.embedding), np.asarray(row.embedding), atol=1e-5)
+
+
+def test_nvjpeg_decoder_path_matches_the_cpu_decoder(shard):
+    # decoder="nvjpeg" on a CPU model: torchvision's decode_jpeg (libjpeg) and the torch preprocessing,
+    # the same code that runs nvJPEG on a GPU. Same rows, sizes, errors and near-identical embeddings.
+    df = read_webdataset(str(shard)).compute()
+    # Against the CPU path's closest resample to a true bicubic (the default cv2-linear trades accuracy for speed).
+    cpu = score(df, config=ScoreConfig(clip=TINY, blur=True, phash=False, resample="pil-bicubic"))
+    dev = score(df, clip=TINY, blur=True, phash=False, decoder="nvjpeg")
+    assert list(dev.columns) == list(cpu.columns)
+    pd.testing.assert_series_equal(dev.nf_status, cpu.nf_status)
+    assert dev.loc[dev.key == "bad", "nf_error"].item().startswith("decode_error")
+    ok = cpu.nf_status == "ok"
+    assert (dev.width[ok] == cpu.width[ok]).all() and (dev.height[ok] == cpu.height[ok]).all()
+    np.testing.assert_allclose(dev.blur_score[ok], cpu.blur_score[ok], rtol=0.05)
+    cos = (to_matrix(dev.embedding[ok]) * to_matrix(cpu.embedding[ok])).sum(axis=1)
+    assert cos.min() > 0.999, cos
+    with pytest.raises(ValueError, match="decoder"):
+        ScoreConfig(decoder="gpu")
+
+
+@pytest.mark.gpu
+def test_nvjpeg_decoder_on_cuda(shard):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    df = read_webdataset(str(shard)).compute()
+    gpu = dict(TINY, device="cuda")
+    dev = score(df, clip=gpu, blur=False, phash=False, decoder="nvjpeg")
+    cpu = score(df, clip=gpu, blur=False, phash=False)
+    pd.testing.assert_series_equal(dev.nf_status, cpu.nf_status)
+    ok = cpu.nf_status == "ok"
+    assert (to_matrix(dev.embedding[ok]) * to_matrix(cpu.embedding[ok])).sum(axis=1).min() > 0.999

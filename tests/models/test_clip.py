@@ -22,8 +22,10 @@ from nemo_frames.models.clip import (  # noqa: E402
     ClipEmbedder,
     WeightsError,
     clear_embedder_cache,
+    cpu_flags,
     get_embedder,
     register_model_configs,
+    resolve_precision,
     resolve_weights,
 )
 from nemo_frames.models.weights import sha256_file  # noqa: E402
@@ -179,6 +181,57 @@ def test_bf16_close_to_fp32(tiny_files, photo_batch, record_property):
     assert np.abs(fp32 - bf16).max() > 0  # really ran in bf16
 
 
+@pytest.mark.parametrize(
+    ("device", "flags", "capability", "expected"),
+    [
+        ("cpu", {"avx2", "avx512f", "amx_bf16", "amx_tile"}, None, "bf16"),  # Sapphire Rapids
+        ("cpu", {"avx2", "avx512f", "avx512_bf16"}, None, "bf16"),  # Zen 4, Cooper Lake
+        ("cpu", {"avx2", "fma", "f16c"}, None, "fp32"),  # AVX2-only: bf16 emulated, ~7x slower
+        ("cpu", set(), None, "fp32"),  # no /proc/cpuinfo (macOS) or unreadable
+        ("cuda", None, (9, 0), "bf16"),  # H100 / H200
+        ("cuda", None, (8, 6), "bf16"),  # A10, RTX 30xx
+        ("cuda", None, (7, 5), "fp16"),  # T4
+        ("cuda", None, (6, 1), "fp32"),  # P4
+    ],
+)
+def test_auto_precision_follows_the_hardware(device, flags, capability, expected):
+    choice = resolve_precision("auto", device, flags=flags, cuda_capability=capability)
+    assert choice.precision == expected
+    assert choice.reason and choice.reason != "set explicitly"
+    # An explicit precision is never second-guessed.
+    assert resolve_precision("fp32", device, flags=flags, cuda_capability=capability).precision == "fp32"
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512_bf16\n\n"
+                    "processor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(info) == {"fpu", "sse2", "avx2", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_auto_precision_is_what_the_embedder_runs(tiny_files, photo_batch, caplog):
+    """On this machine: auto picks by /proc/cpuinfo, logs it, and the model really runs at that dtype."""
+    flags = cpu_flags()
+    expected = "bf16" if {"amx_bf16", "avx512_bf16"} & flags else "fp32"
+    with caplog.at_level("INFO", logger="nemo_frames.models.clip"):
+        emb = ClipEmbedder(_cfg(tiny_files["safetensors"], precision="auto"))
+    assert emb.precision == expected
+    assert f"precision 'auto' -> {expected} on cpu" in caplog.text
+    want = {"bf16": torch.bfloat16, "fp32": torch.float32}[expected]
+    assert emb.dtype == want
+    assert {p.dtype for p in emb.model.parameters()} == {want}
+    assert f"precision={expected} (auto)" in repr(emb)
+    # Same numbers as asking for that precision explicitly; different from the other one.
+    explicit = ClipEmbedder(_cfg(tiny_files["safetensors"], precision=expected)).embed_images(photo_batch)
+    other = ClipEmbedder(
+        _cfg(tiny_files["safetensors"], precision="fp32" if expected == "bf16" else "bf16")
+    ).embed_images(photo_batch)
+    out = emb.embed_images(photo_batch)
+    np.testing.assert_array_equal(out, explicit)
+    assert np.abs(out - other).max() > 0
+
+
 def test_fp16_refused_on_cpu(tiny_files):
     with pytest.raises(ValueError, match="fp16"):
         ClipEmbedder(_cfg(tiny_files["safetensors"], precision="fp16"))
@@ -286,3 +339,19 @@ def test_threads_option_sets_torch_threads(tiny_files):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "auto"])
+def test_reduced_precision_on_cuda_close_to_fp32(tiny_files, photo_batch, precision):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    ref = ClipEmbedder(_cfg(tiny_files["safetensors"])).embed_images(photo_batch)
+    cfg = ClipConfig(model=TINY, pretrained=str(tiny_files["safetensors"]), device="cuda", precision=precision)
+    emb = ClipEmbedder(cfg)
+    if precision == "auto":
+        major = torch.cuda.get_device_capability()[0]
+        assert emb.precision == ("bf16" if major >= 8 else "fp16" if major >= 7 else "fp32")
+    out = emb.embed_images(photo_batch)
+    assert emb.device.type == "cuda" and out.dtype == np.float32
+    assert (ref * out).sum(axis=1).min() > 0.99
