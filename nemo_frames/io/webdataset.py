@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import dask.dataframe as dd
 import fsspec
-import numpy as np
 import pandas as pd
 
 from nemo_frames import schema as S
@@ -549,40 +548,17 @@ def read_webdataset(
         enforce_metadata=False,
     )
     if check_keys == "dataset":
-        ddf = mark_duplicate_keys(ddf)
+        ddf = mark_duplicate_keys(ddf, shards=[s.url for s in shards])
     return ddf
 
 
-def mark_duplicate_keys(ddf: dd.DataFrame) -> dd.DataFrame:
-    """Mark every occurrence of a key after its first (by partition order) as ``duplicate_key``.
+def mark_duplicate_keys(ddf: dd.DataFrame, *, shards: Sequence[str] | None = None) -> dd.DataFrame:
+    """Mark every occurrence of a key after its first (by shard order, then offset) as ``duplicate_key``.
 
-    Runs one pass over the ``key`` column to find repeated keys (usually none), then marks
-    rows partition by partition. Rows already errored are left as they are.
+    A distributed count by key (:func:`nemo_frames.io.keys.mark_repeated_keys` with
+    ``action="error"``): no key list is collected on the driver. Rows already errored are
+    left as they are.
     """
-    ok = ddf[ddf[S.STATUS] == Status.OK.value]
-    keys = ok[[S.KEY]].map_partitions(
-        lambda df, partition_info=None: df.assign(_part=(partition_info or {}).get("number", 0)),
-        meta=ok._meta[[S.KEY]].assign(_part=np.int64(0)),
-    )
-    counts = keys.groupby(S.KEY)["_part"].agg(["count", "min"]).compute()
-    dups = counts[counts["count"] > 1]
-    if dups.empty:
-        return ddf
-    first = dict(zip(dups.index, dups["min"], strict=True))
+    from nemo_frames.io.keys import mark_repeated_keys
 
-    def mark(df: pd.DataFrame, partition_info: dict | None = None) -> pd.DataFrame:
-        from nemo_frames.ledger import mark_error
-
-        part = (partition_info or {}).get("number", 0)
-        is_ok = df[S.STATUS] == Status.OK.value
-        cand = df[S.KEY].isin(list(first)) & is_ok
-        if not cand.any():
-            return df
-        # Within the first partition holding a key, its first row stays; everything after is a repeat.
-        later = cand & (df[S.KEY].map(lambda k: first.get(k, -1)).astype("int64") < part)
-        same = cand & ~later
-        repeat_here = same & df[S.KEY].where(same).duplicated(keep="first") & same
-        mask = later | repeat_here
-        return mark_error(df, mask, ErrorCode.DUPLICATE_KEY, "key appears in an earlier sample of the dataset; the first one is kept")
-
-    return ddf.map_partitions(mark, meta=ddf._meta)
+    return mark_repeated_keys(ddf, action="error", shards=shards)[0]
