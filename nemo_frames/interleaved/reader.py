@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from nemo_frames import schema as S
 from nemo_frames.interleaved import schema as IS
+from nemo_frames.io.compressed import DecompressionLimit, finish, open_shard
 from nemo_frames.io.jsonsafe import loads_strict
 from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members
 from nemo_frames.io.urls import expand_urls
@@ -239,7 +240,8 @@ def _index_shard(url: str, cfg: InterleavedReadConfig, storage_options: dict[str
         sh.rows.append(r)
 
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+        # A .tar.gz / .tar.zst is streamed with caps; its locators are offsets in the decompressed tar.
+        with open_shard(url, storage_options=storage_options) as f:
             try:
                 for m in iter_members(f, want=want, max_read_size=max(cfg.max_json_size, cfg.max_member_size)):
                     if m.kind != "file":
@@ -249,6 +251,9 @@ def _index_shard(url: str, cfg: InterleavedReadConfig, storage_options: dict[str
                         continue
                     sh.members[m.name] = m
                     sh.order.append(m.name)
+                finish(f)
+            except DecompressionLimit as exc:
+                shard_error(ErrorCode.DECOMPRESSION_BOMB, f"{exc}; samples after this point are not read")
             except TarTruncated as exc:
                 shard_error(ErrorCode.SHARD_TRUNCATED, f"{exc}; samples after this point are lost")
             except TarCorrupt as exc:

@@ -18,10 +18,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import dask.dataframe as dd
-import fsspec
 import pandas as pd
 
 from nemo_frames import schema as S
+from nemo_frames.io.compressed import MAX_RATIO, MAX_TOTAL, DecompressionLimit, finish, open_shard
 from nemo_frames.io.jsonsafe import loads_strict
 from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members
 from nemo_frames.io.urls import expand_urls, group_shards
@@ -47,6 +47,8 @@ class ScanConfig:
     fields: tuple[tuple[str, str], ...] = ()
     with_bytes: bool = False
     on_error: OnError = "record"
+    max_decompressed: int = MAX_TOTAL
+    max_compression_ratio: float = MAX_RATIO
 
 
 class ShardScanError(RuntimeError):
@@ -252,7 +254,9 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
             current = None
 
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+        with open_shard(
+            url, storage_options=storage_options, max_total=cfg.max_decompressed, max_ratio=cfg.max_compression_ratio
+        ) as f:
             try:
                 for m in iter_members(f, want=_want(cfg), max_read_size=max(cfg.max_sidecar_size, cfg.max_member_size)):
                     if m.kind == "dir":
@@ -291,6 +295,7 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
                                 f"member {m.name!r} is a {m.kind}, not a regular file; links are never followed",
                             )
                 close()
+                finish(f)  # a compressed shard: its end marker and checksum, after the tar's own
             except TarTruncated as exc:
                 # The sample being read when the archive ended may be incomplete: record it.
                 if current is not None:
@@ -307,6 +312,11 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
                 rows.append(_error_row(url, ErrorCode.SHARD_UNREADABLE, f"{exc}; samples after this point are lost"))
             except NotATar as exc:
                 rows.append(_error_row(url, ErrorCode.NOT_A_TAR, f"{url}: {exc}"))
+            except DecompressionLimit as exc:
+                if current is not None:
+                    current.error = current.error or error_text(ErrorCode.DECOMPRESSION_BOMB, f"the cap was reached in or right after this sample ({exc})")
+                close()
+                rows.append(_error_row(url, ErrorCode.DECOMPRESSION_BOMB, f"{exc}; samples after this point are not read"))
     except (OSError, ValueError) as exc:
         # A read error mid-stream: the sample being read may be incomplete; record it, never drop it.
         if current is not None:
@@ -412,7 +422,7 @@ def iter_json_sidecars(
     the iteration: this only samples field types; the scan itself records what is wrong.
     """
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+        with open_shard(url, storage_options=storage_options) as f:
             n = 0
             for m in iter_members(f, want=lambda name, size: is_json(name) and size <= max_size):
                 if m.data is None:
@@ -427,7 +437,7 @@ def iter_json_sidecars(
                 n += 1
                 if n >= max_samples:
                     return
-    except (OSError, NotATar, TarTruncated, TarCorrupt):
+    except (OSError, NotATar, TarTruncated, TarCorrupt, DecompressionLimit):
         return
 
 
@@ -466,6 +476,8 @@ def read_webdataset(
     max_sidecar_size: int = 4 << 20,
     check_keys: Literal["shard", "dataset"] = "shard",
     on_error: OnError = "record",
+    max_decompressed: int = MAX_TOTAL,
+    max_compression_ratio: float = MAX_RATIO,
 ) -> dd.DataFrame:
     """Scan WebDataset shards into a sample table (one row per sample, image bytes left in place).
 
@@ -495,6 +507,11 @@ def read_webdataset(
         extra pass over the ``key`` column).
     on_error : {"record", "raise"}
         Record problems in the ledger columns and go on (default), or raise on the first one.
+    max_decompressed, max_compression_ratio : int, float
+        Caps for compressed shards (``.tar.gz``, ``.tgz``, ``.tar.zst``), which are streamed, with
+        locators into the decompressed tar: decompressed bytes per shard, and decompressed ÷
+        compressed bytes (checked past 64 MiB). Past a cap: ``decompression_bomb``
+        (:mod:`nemo_frames.io.compressed`).
 
     Returns
     -------
@@ -534,6 +551,8 @@ def read_webdataset(
         fields=tuple(sorted(fields_d.items())),
         with_bytes=with_bytes,
         on_error=on_error,
+        max_decompressed=max_decompressed,
+        max_compression_ratio=max_compression_ratio,
     )
     groups = [[s.url for s in g] for g in group_shards(shards, partition_bytes=partition_bytes)]
     meta = _meta(cfg, fields_d)
