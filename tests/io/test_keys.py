@@ -81,13 +81,14 @@ def test_no_repeats_returns_the_frame_untouched():
 
 def test_detection_task_graph_is_linear_in_partitions():
     per_part = []
-    for nparts in (8, 32, 128, 512):
-        rows = [(f"k{i % 1000}", f"s{i // 10}", i) for i in range(nparts * 10)]
+    for nparts in (8, 32, 128, 512, 2048):
+        rows = [(f"k{i % 1000}", f"s{i // 4}", i) for i in range(nparts * 4)]
         graph = find_repeated_keys(_table(rows, nparts), shards=[f"s{i}" for i in range(nparts)]).__dask_graph__()
         per_part.append(len(graph) / nparts)
-    # A constant number of tasks per partition (no all-to-all step whose task count grows with P²).
-    assert max(per_part) <= 1.2 * min(per_part), per_part
-    assert max(per_part) < 12, per_part
+    # A bounded number of tasks per partition over 256× more partitions: no all-to-all step whose task
+    # count grows with P² (the staged shuffle adds one stage per 32× more buckets, 16 partitions a bucket).
+    assert max(per_part) < 7, per_part
+    assert per_part[-1] <= 1.6 * per_part[0], per_part
 
 
 def test_detection_finds_repeats_among_many_rows():
