@@ -58,12 +58,17 @@ class InputConfig:
         partition per shard).
     fields : "infer", dict or None
         Sidecar JSON keys to turn into columns (see :func:`nemo_frames.io.webdataset.read_webdataset`).
+    duplicate_keys : {"filter", "rename", "error"}
+        What happens to a key seen again in a later shard (the first occurrence, by shard order
+        then offset, keeps it): ``filter`` (``duplicate_key: also in <shard>``), ``rename`` to
+        ``<key>_dup<n>``, or ``error`` (``duplicate_key`` error). See docs/io.md.
     """
 
     urls: str | list[str] = ""
     storage_options: dict[str, Any] = field(default_factory=dict)
     partition_bytes: int | None = None
     fields: str | dict[str, str] | None = "infer"
+    duplicate_keys: Literal["filter", "rename", "error"] = "filter"
 
 
 @dataclass

@@ -401,6 +401,41 @@ def _score_stage(
     return table, {"partitions": n, "scored": len(todo), "resumed": n - len(todo), "config_hash": committer.config_hash}
 
 
+def _repeated_keys(
+    cfg: PipelineConfig, table: Any, urls: list[str], client: Any, notes: list[str], *, progress: bool
+) -> tuple[Any, dict[str, Any]]:
+    """Find keys repeated across shards (a distributed count by key) and act on the later occurrences.
+
+    What was done is written to ``<output>/dedup/duplicate_keys.parquet`` (one row per later
+    occurrence) and summarised in the run summary.
+    """
+    from nemo_frames.io.keys import mark_repeated_keys
+    from nemo_frames.io.webdataset import ShardScanError
+
+    action = cfg.input.duplicate_keys
+    shards = [u.rsplit("#", 1)[0] for u in urls]  # _urls gives url#size
+    table, record = mark_repeated_keys(table, action=action, shards=shards)
+    path = os.path.join(cfg.output, "dedup", "duplicate_keys.parquet")
+    if record.empty:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        return table, {"action": action, "repeats": 0}
+    first = record.iloc[0]
+    where = f"{first['key']!r} in {first['source']} (also in {first['first_source']})"
+    if action == "error" and cfg.on_error == "raise":
+        raise ShardScanError(
+            f"input.duplicate_keys: {len(record)} sample(s) repeat a key of an earlier shard, e.g. {where}; "
+            "set input.duplicate_keys: filter or rename to go on"
+        )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _write_frame(record.astype({c: "string" for c in record.columns if record[c].dtype == object}), path)
+    msg = f"input: {len(record)} sample(s) repeat a key of an earlier shard ({action}), e.g. {where}"
+    notes.append(msg)
+    _say(msg, quiet=not progress)
+    table = client.persist(table) if client is not None else table.persist()
+    return table, {"action": action, "repeats": len(record), "record": path}
+
+
 def _filters(cfg: PipelineConfig, table: Any, plan: ScorePlan, notes: list[str]) -> tuple[Any, list[dict[str, Any]]]:
     import difflib
 
@@ -674,6 +709,8 @@ def _curate(
             table, score_info = _score_stage(
                 cfg, scanned, plan, urls, overwrite=overwrite, progress=progress, client=cl
             )
+        with timer("keys"):
+            table, key_info = _repeated_keys(cfg, table, urls, cl, notes, progress=progress)
         with timer("filter"):
             table, applied = _filters(cfg, table, plan, notes)
         with timer("dedup"):
@@ -682,6 +719,7 @@ def _curate(
             from nemo_frames.io.commit import config_hash
 
             upstream = score_info.get("config_hash") or config_hash(_score_fingerprint(cfg, plan, urls))
+            upstream = f"{upstream}|duplicate_keys={cfg.input.duplicate_keys}"
             table, dedup_info = _dedup(cfg, table, plan, notes, cl, upstream=upstream, overwrite=overwrite)
         with timer("ledger"):
             import dask
@@ -713,6 +751,7 @@ def _curate(
         "notes": notes,
         "score": score_info,
         "dedup_groups_removed": dedup_info,
+        "duplicate_keys": key_info,
         "random_clip_weights": plan.random_weights,
         "score_columns": score_columns,
     }

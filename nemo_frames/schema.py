@@ -81,6 +81,7 @@ class ErrorCode(str, enum.Enum):
     SHARD_UNREADABLE = "shard_unreadable"
     SHARD_TRUNCATED = "shard_truncated"
     NOT_A_TAR = "not_a_tar"
+    DECOMPRESSION_BOMB = "decompression_bomb"
     MEMBER_TOO_LARGE = "member_too_large"
     BAD_KEY = "bad_key"
     DUPLICATE_KEY = "duplicate_key"

@@ -79,12 +79,37 @@ def collect(df: Any, columns: Sequence[str], *, stage: str) -> pd.DataFrame:
     if sub[KEY].isna().any():
         raise ValueError(f"{stage}: column 'key' has {int(sub[KEY].isna().sum())} missing values; every sample needs a key")
     if sub[KEY].duplicated().any():
-        dup = sub.loc[sub[KEY].duplicated(), KEY].iloc[0]
-        raise ValueError(
-            f"{stage}: column 'key' is not unique (e.g. {dup!r}); mark repeated keys with ErrorCode.DUPLICATE_KEY "
-            "before dedup so each sample has one key"
-        )
+        raise_not_unique(stage, sub.loc[sub[KEY].duplicated(), KEY].iloc[0])
     return sub
+
+
+def raise_not_unique(stage: str, example: Any) -> None:
+    """Raise the error every dedup method gives for a key that two ``ok`` rows share."""
+    raise ValueError(
+        f"{stage}: column 'key' is not unique (e.g. {example!r}); mark repeated keys with ErrorCode.DUPLICATE_KEY "
+        "before dedup so each sample has one key: nemo_frames.io.keys.mark_repeated_keys(df) (curate does it "
+        "itself: input.duplicate_keys)"
+    )
+
+
+def check_unique_keys(df: Any, *, stage: str) -> None:
+    """Raise :func:`raise_not_unique` when two ``ok`` rows of ``df`` (pandas or Dask) share a key.
+
+    A Dask frame is checked by a distributed count by key (only repeats reach the driver).
+    """
+    if hasattr(df, "compute"):
+        from nemo_frames.io.keys import find_repeated_keys
+
+        rep = find_repeated_keys(df, shards=[]).head(1, npartitions=-1)
+        if len(rep):
+            raise_not_unique(stage, rep["key"].iloc[0])
+        return
+    keys = df[KEY]
+    if STATUS in df.columns:
+        keys = keys[df[STATUS] == Status.OK.value]
+    dup = keys[keys.notna() & keys.duplicated()]
+    if len(dup):
+        raise_not_unique(stage, dup.iloc[0])
 
 
 def rank_value(

@@ -56,6 +56,7 @@ from nemo_frames.dedup._checkpoint import Checkpoint
 from nemo_frames.dedup._table import (
     DUP_DTYPES,
     Policy,
+    check_unique_keys,
     empty_dup_table,
     finish_dup_table,
     group_min_key,
@@ -534,6 +535,7 @@ def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clusterin
     import dask
 
     _check_columns(df, cfg, stage)
+    check_unique_keys(df, stage=stage)  # repeated keys would be merged or reindexed wrongly below
     ddf = _as_dask(df)
     fit_cfg = {
         k: v for k, v in asdict(cfg).items()

@@ -19,6 +19,7 @@ import pyarrow as pa
 from nemo_frames import schema as S
 from nemo_frames.interleaved import schema as IS
 from nemo_frames.interleaved.reader import extract_frame
+from nemo_frames.io.compressed import open_shard
 from nemo_frames.io.fetch import read_ranges
 from nemo_frames.io.tar import iter_members
 from nemo_frames.ledger import ensure_ledger, mark_error
@@ -29,7 +30,7 @@ Failure = tuple[ErrorCode, str]
 
 def _members_by_name(path: str, names: set[str], storage_options: dict[str, Any] | None) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
-    with fsspec.open(path, "rb", **(storage_options or {})) as f:
+    with open_shard(path, storage_options=storage_options) as f:
         for m in iter_members(f, want=lambda n, s: n in names, max_read_size=1 << 30):
             if m.data is not None and m.name in names:
                 out.setdefault(m.name, m.data)

@@ -36,9 +36,10 @@ import pyarrow.parquet as pq
 
 from nemo_frames import schema as S
 from nemo_frames.interleaved import schema as IS
+from nemo_frames.io.compressed import DecompressionLimit, finish, open_shard
 from nemo_frames.io.jsonsafe import loads_strict
 from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members
-from nemo_frames.io.urls import expand_urls, open_shard
+from nemo_frames.io.urls import expand_urls
 from nemo_frames.io.webdataset import iter_json_sidecars, json_kind, merge_kinds, rows_to_frame
 from nemo_frames.ledger import STRING
 from nemo_frames.schema import ErrorCode, Status, error_text
@@ -239,7 +240,8 @@ def _index_shard(url: str, cfg: InterleavedReadConfig, storage_options: dict[str
         sh.rows.append(r)
 
     try:
-        with open_shard(url, storage_options) as f:
+        # A .tar.gz / .tar.zst is streamed with caps; its locators are offsets in the decompressed tar.
+        with open_shard(url, storage_options=storage_options) as f:
             try:
                 for m in iter_members(f, want=want, max_read_size=max(cfg.max_json_size, cfg.max_member_size)):
                     if m.kind != "file":
@@ -249,6 +251,9 @@ def _index_shard(url: str, cfg: InterleavedReadConfig, storage_options: dict[str
                         continue
                     sh.members[m.name] = m
                     sh.order.append(m.name)
+                finish(f)
+            except DecompressionLimit as exc:
+                shard_error(ErrorCode.DECOMPRESSION_BOMB, f"{exc}; samples after this point are not read")
             except TarTruncated as exc:
                 shard_error(ErrorCode.SHARD_TRUNCATED, f"{exc}; samples after this point are lost")
             except TarCorrupt as exc:

@@ -77,6 +77,10 @@ def read_ranges(
     out: list[bytes | None] = [None] * len(ranges)
     if not ranges:
         return []
+    from nemo_frames.io.compressed import is_compressed, read_ranges_compressed
+
+    if is_compressed(url):  # offsets are in the decompressed tar: one sequential pass, no seeks
+        return read_ranges_compressed(url, ranges, storage_options=storage_options, views=views)
     with open_shard(url, storage_options) as f:
         for start, end, idx in coalesce(ranges, max_gap=max_gap):
             f.seek(start)

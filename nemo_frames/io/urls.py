@@ -110,7 +110,7 @@ def expand_urls(
     urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     storage_options: dict[str, Any] | None = None,
-    suffixes: Iterable[str] | None = (".tar",),
+    suffixes: Iterable[str] | None = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd", ".tzst"),
 ) -> list[Shard]:
     """Expand brace ranges and globs, list directories, and return the shards in a stable order.
 
@@ -121,7 +121,8 @@ def expand_urls(
     storage_options : dict, optional
         Passed to fsspec for remote URLs.
     suffixes : iterable of str, optional
-        When a directory is given, the file suffixes to pick from it (None: every file).
+        When a directory is given, the file suffixes to pick from it (None: every file). Default:
+        plain and compressed tars (``nemo_frames.io.compressed.TAR_SUFFIXES``).
 
     Returns
     -------

@@ -18,13 +18,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import dask.dataframe as dd
-import numpy as np
 import pandas as pd
 
 from nemo_frames import schema as S
+from nemo_frames.io.compressed import MAX_RATIO, MAX_TOTAL, DecompressionLimit, finish, open_shard
 from nemo_frames.io.jsonsafe import loads_strict
 from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members
-from nemo_frames.io.urls import expand_urls, group_shards, open_shard
+from nemo_frames.io.urls import expand_urls, group_shards
 from nemo_frames.ledger import STRING
 from nemo_frames.schema import ErrorCode, Status, error_text
 
@@ -47,6 +47,8 @@ class ScanConfig:
     fields: tuple[tuple[str, str], ...] = ()
     with_bytes: bool = False
     on_error: OnError = "record"
+    max_decompressed: int = MAX_TOTAL
+    max_compression_ratio: float = MAX_RATIO
 
 
 class ShardScanError(RuntimeError):
@@ -266,7 +268,9 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
             current = None
 
     try:
-        with open_shard(url, storage_options) as f:
+        with open_shard(
+            url, storage_options=storage_options, max_total=cfg.max_decompressed, max_ratio=cfg.max_compression_ratio
+        ) as f:
             try:
                 for m in iter_members(f, want=_want(cfg), max_read_size=max(cfg.max_sidecar_size, cfg.max_member_size)):
                     if m.kind == "dir":
@@ -320,6 +324,7 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
                                 "file; such members are never followed or read",
                             )
                 close()
+                finish(f)  # a compressed shard: its end marker and checksum, after the tar's own
             except TarTruncated as exc:
                 # The sample being read when the archive ended may be incomplete: record it.
                 if current is not None:
@@ -336,6 +341,11 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
                 rows.append(_error_row(url, ErrorCode.SHARD_UNREADABLE, f"{exc}; samples after this point are lost"))
             except NotATar as exc:
                 rows.append(_error_row(url, ErrorCode.NOT_A_TAR, f"{url}: {exc}"))
+            except DecompressionLimit as exc:
+                if current is not None:
+                    current.error = current.error or error_text(ErrorCode.DECOMPRESSION_BOMB, f"the cap was reached in or right after this sample ({exc})")
+                close()
+                rows.append(_error_row(url, ErrorCode.DECOMPRESSION_BOMB, f"{exc}; samples after this point are not read"))
     except (OSError, ValueError) as exc:
         # A read error mid-stream: the sample being read may be incomplete; record it, never drop it.
         if current is not None:
@@ -452,7 +462,7 @@ def iter_json_sidecars(
     the iteration: this only samples field types; the scan itself records what is wrong.
     """
     try:
-        with open_shard(url, storage_options) as f:
+        with open_shard(url, storage_options=storage_options) as f:
             n = 0
             for m in iter_members(f, want=lambda name, size: is_json(name) and size <= max_size):
                 if m.data is None:
@@ -467,7 +477,7 @@ def iter_json_sidecars(
                 n += 1
                 if n >= max_samples:
                     return
-    except (OSError, NotATar, TarTruncated, TarCorrupt):
+    except (OSError, NotATar, TarTruncated, TarCorrupt, DecompressionLimit):
         return
 
 
@@ -506,6 +516,8 @@ def read_webdataset(
     max_sidecar_size: int = 4 << 20,
     check_keys: Literal["shard", "dataset"] = "shard",
     on_error: OnError = "record",
+    max_decompressed: int = MAX_TOTAL,
+    max_compression_ratio: float = MAX_RATIO,
 ) -> dd.DataFrame:
     """Scan WebDataset shards into a sample table (one row per sample, image bytes left in place).
 
@@ -535,6 +547,11 @@ def read_webdataset(
         extra pass over the ``key`` column).
     on_error : {"record", "raise"}
         Record problems in the ledger columns and go on (default), or raise on the first one.
+    max_decompressed, max_compression_ratio : int, float
+        Caps for compressed shards (``.tar.gz``, ``.tgz``, ``.tar.zst``), which are streamed, with
+        locators into the decompressed tar: decompressed bytes per shard, and decompressed ÷
+        compressed bytes (checked past 64 MiB). Past a cap: ``decompression_bomb``
+        (:mod:`nemo_frames.io.compressed`).
 
     Returns
     -------
@@ -574,6 +591,8 @@ def read_webdataset(
         fields=tuple(sorted(fields_d.items())),
         with_bytes=with_bytes,
         on_error=on_error,
+        max_decompressed=max_decompressed,
+        max_compression_ratio=max_compression_ratio,
     )
     groups = [[s.url for s in g] for g in group_shards(shards, partition_bytes=partition_bytes)]
     meta = _meta(cfg, fields_d)
@@ -588,40 +607,17 @@ def read_webdataset(
         enforce_metadata=False,
     )
     if check_keys == "dataset":
-        ddf = mark_duplicate_keys(ddf)
+        ddf = mark_duplicate_keys(ddf, shards=[s.url for s in shards])
     return ddf
 
 
-def mark_duplicate_keys(ddf: dd.DataFrame) -> dd.DataFrame:
-    """Mark every occurrence of a key after its first (by partition order) as ``duplicate_key``.
+def mark_duplicate_keys(ddf: dd.DataFrame, *, shards: Sequence[str] | None = None) -> dd.DataFrame:
+    """Mark every occurrence of a key after its first (by shard order, then offset) as ``duplicate_key``.
 
-    Runs one pass over the ``key`` column to find repeated keys (usually none), then marks
-    rows partition by partition. Rows already errored are left as they are.
+    A distributed count by key (:func:`nemo_frames.io.keys.mark_repeated_keys` with
+    ``action="error"``): no key list is collected on the driver. Rows already errored are
+    left as they are.
     """
-    ok = ddf[ddf[S.STATUS] == Status.OK.value]
-    keys = ok[[S.KEY]].map_partitions(
-        lambda df, partition_info=None: df.assign(_part=(partition_info or {}).get("number", 0)),
-        meta=ok._meta[[S.KEY]].assign(_part=np.int64(0)),
-    )
-    counts = keys.groupby(S.KEY)["_part"].agg(["count", "min"]).compute()
-    dups = counts[counts["count"] > 1]
-    if dups.empty:
-        return ddf
-    first = dict(zip(dups.index, dups["min"], strict=True))
+    from nemo_frames.io.keys import mark_repeated_keys
 
-    def mark(df: pd.DataFrame, partition_info: dict | None = None) -> pd.DataFrame:
-        from nemo_frames.ledger import mark_error
-
-        part = (partition_info or {}).get("number", 0)
-        is_ok = df[S.STATUS] == Status.OK.value
-        cand = df[S.KEY].isin(list(first)) & is_ok
-        if not cand.any():
-            return df
-        # Within the first partition holding a key, its first row stays; everything after is a repeat.
-        later = cand & (df[S.KEY].map(lambda k: first.get(k, -1)).astype("int64") < part)
-        same = cand & ~later
-        repeat_here = same & df[S.KEY].where(same).duplicated(keep="first") & same
-        mask = later | repeat_here
-        return mark_error(df, mask, ErrorCode.DUPLICATE_KEY, "key appears in an earlier sample of the dataset; the first one is kept")
-
-    return ddf.map_partitions(mark, meta=ddf._meta)
+    return mark_repeated_keys(ddf, action="error", shards=shards)[0]
