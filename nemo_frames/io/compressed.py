@@ -217,7 +217,6 @@ def open_decompressed(
             stream.close()
 
 
-@contextlib.contextmanager
 def _open_raw(url: str, storage_options: dict[str, Any] | None) -> Any:
     # A local path must be a regular file: a FIFO or a device would hang the scan (io.urls.open_shard).
     from nemo_frames.io.urls import open_shard as open_regular
@@ -225,6 +224,7 @@ def _open_raw(url: str, storage_options: dict[str, Any] | None) -> Any:
     return open_regular(url, storage_options)
 
 
+@contextlib.contextmanager
 def open_shard(
     url: str,
     *,
