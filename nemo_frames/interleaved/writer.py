@@ -5,12 +5,14 @@ Both write each input partition as one *unit* through the commit protocol
 marker ``_done/{unit}.json`` is created exclusively, a rerun skips units with a
 marker (without reading their input) and refuses a different config. Output bytes
 depend only on the partition's content: GNU tar headers with fixed mtime, uid,
-gid and mode; samples in (``sample_id``) order; JSON keys in a fixed order.
+gid and mode; samples in input order (or by ``sample_id`` with ``sort=True``); JSON keys in a
+fixed order.
 
 Only ``ok`` rows are written to the data files. Every other row goes to
 ``{unit}.drops.parquet`` (``sample_id``, positions, ``modality``, ``source_ref``,
-``nf_status``, ``nf_error``, ``nf_reason``, without bytes), and the counts to
-``{unit}.stats.json`` and the run-level ``stats.json``.
+``nf_status``, ``nf_error``, ``nf_reason``, without bytes; ``ledger=False`` leaves it out), and
+the counts to ``{unit}.stats.json`` and the run-level ``stats.json``. What other tools read (the
+JSON of each document, the Parquet of ``ok`` rows) carries no ledger column.
 """
 
 from __future__ import annotations
@@ -226,6 +228,8 @@ class _Job:
     storage_options: dict[str, Any] | None
     compression: str
     row_group_size: int
+    sort: bool = False
+    ledger: bool = True
 
 
 def _prepare(pdf: pd.DataFrame, job: _Job) -> pd.DataFrame:
@@ -233,7 +237,7 @@ def _prepare(pdf: pd.DataFrame, job: _Job) -> pd.DataFrame:
     if job.materialize:
         pdf = _materialize(pdf, storage_options=job.storage_options)
     # A failed fetch drops an item: renumber so the written sample has no hole, and drop emptied samples.
-    return IS.sort_items(renumber(pdf))
+    return IS.arrange_items(renumber(pdf), sort=job.sort)
 
 
 def _write_unit(pdf: pd.DataFrame, p: int, job: _Job) -> dict[str, Any]:
@@ -253,7 +257,7 @@ def _write_unit(pdf: pd.DataFrame, p: int, job: _Job) -> dict[str, Any]:
         groups: dict[str, list[int]] = {}
         for r, sid in enumerate(cols[IS.SAMPLE_ID]):
             groups.setdefault(sid, []).append(r)
-        order = sorted(groups)
+        order = sorted(groups) if job.sort else list(groups)  # dicts keep first appearance: input order
         for j in range(0, len(order), job.samples_per_shard):
             members: list[tuple[str, bytes]] = []
             for sid in order[j : j + job.samples_per_shard]:
@@ -263,9 +267,14 @@ def _write_unit(pdf: pd.DataFrame, p: int, job: _Job) -> dict[str, Any]:
             shards.append(name)
     else:
         out = (ok if job.rows == "ok" else pdf).reset_index(drop=True)
+        if job.rows == "ok":
+            # A clean item table for other readers: NeMo Curator copies every non-reserved column into
+            # each document's JSON, so our bookkeeping stays out of it (the ledger is in drops.parquet).
+            out = out.drop(columns=[c for c in IS.LEDGER_TYPES if c in out.columns])
         files[f"{unit}.parquet"] = _parquet_bytes(items_to_arrow(out), job.compression, job.row_group_size)
         shards.append(f"{unit}.parquet")
-    files[f"{unit}.drops.parquet"] = _drops_bytes(pdf)
+    if job.ledger:
+        files[f"{unit}.drops.parquet"] = _drops_bytes(pdf)
     stats = {"unit": unit, "files": shards, **counts}
     files[f"{unit}.stats.json"] = (json.dumps(stats, sort_keys=True, indent=1) + "\n").encode("utf-8")
     r = c.write(unit, files, counts=stats)
@@ -318,6 +327,8 @@ def write_interleaved_webdataset(
     storage_options: dict[str, Any] | None = None,
     read_storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
+    sort: bool = False,
+    ledger: bool = True,
 ) -> WriteResult:
     """Write the ``ok`` rows of an item table as MINT-1T-style WebDataset shards.
 
@@ -330,9 +341,11 @@ def write_interleaved_webdataset(
     bytes cannot be had is recorded in ``drops.parquet`` and its sample renumbered.
 
     Output: ``{partition:05d}-{k:04d}.tar`` (at most ``samples_per_shard`` samples each,
-    in ``sample_id`` order), ``{partition:05d}.drops.parquet``, ``{partition:05d}.stats.json``,
+    in input order, or by ``sample_id`` with ``sort=True``), ``{partition:05d}.drops.parquet``
+    (the ledger of the rows not written; ``ledger=False`` leaves it out), ``{partition:05d}.stats.json``,
     ``_done/``, ``_config.json``, ``stats.json``. GNU tar, fixed mtime/uid/gid/mode:
     identical input gives byte-identical shards. Rerunning skips partitions already done.
+    The JSON holds no ledger column (``nf_status``, ``nf_error``, ``nf_reason``, ``nf_input_position``).
 
     Examples
     --------
@@ -343,9 +356,9 @@ def write_interleaved_webdataset(
         raise ValueError(f"write_interleaved_webdataset: samples_per_shard must be >= 1, found {samples_per_shard}")
     job = {"kind": "webdataset", "samples_per_shard": samples_per_shard, "materialize": True, "rows": "ok",
            "storage_options": read_storage_options if read_storage_options is not None else storage_options,
-           "compression": "", "row_group_size": 0}
+           "compression": "", "row_group_size": 0, "sort": sort, "ledger": ledger}
     config = {"format": "interleaved-webdataset", "version": 1, "samples_per_shard": samples_per_shard,
-              "tar": {"format": "gnu", "mtime": TAR_MTIME}}
+              "tar": {"format": "gnu", "mtime": TAR_MTIME}, "sort": sort, "ledger": ledger}
     return _write(df, path, job, stage="write-interleaved-webdataset", config=config,
                   storage_options=storage_options, overwrite=overwrite)
 
@@ -361,6 +374,8 @@ def write_interleaved_parquet(
     storage_options: dict[str, Any] | None = None,
     read_storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
+    sort: bool = False,
+    ledger: bool = True,
 ) -> WriteResult:
     """Write an item table as Parquet, one file per partition (``{partition:05d}.parquet``), one row per item.
 
@@ -370,10 +385,18 @@ def write_interleaved_parquet(
         Fetch missing image bytes into ``binary_content`` so the files stand alone (default,
         as NeMo Curator's writer). ``False`` writes locators only (an index of the shards).
     rows : {"ok", "all"}
-        Write only ``ok`` rows (default: a clean item table NeMo Curator reads), or every row
-        with its ledger columns (a checkpoint). Non-ok rows also go to ``drops.parquet``.
+        Write only ``ok`` rows without the ledger columns (default: a clean item table for
+        NeMo Curator and other readers: the reserved columns and the user's columns only), or
+        every row with its ledger columns (our checkpoint). Non-ok rows also go to
+        ``{partition:05d}.drops.parquet``.
     compression, row_group_size
         Parquet options (defaults as NeMo Curator's writer).
+    sort : bool
+        Write samples sorted by ``sample_id``; default: input order (shard order, then place).
+    ledger : bool
+        Write ``{partition:05d}.drops.parquet`` (the ledger of the rows not written). NeMo
+        Curator's directory listing takes every ``*.parquet``: pass it the data files, or use
+        ``ledger=False`` for a directory that holds data only (counts stay in ``stats.json``).
 
     Examples
     --------
@@ -384,9 +407,9 @@ def write_interleaved_parquet(
         raise ValueError(f"write_interleaved_parquet: rows must be 'ok' or 'all', found {rows!r}")
     job = {"kind": "parquet", "samples_per_shard": 0, "materialize": materialize, "rows": rows,
            "storage_options": read_storage_options if read_storage_options is not None else storage_options,
-           "compression": compression, "row_group_size": row_group_size}
+           "compression": compression, "row_group_size": row_group_size, "sort": sort, "ledger": ledger}
     config = {"format": "interleaved-parquet", "version": 1, "materialize": materialize, "rows": rows,
-              "compression": compression, "row_group_size": row_group_size}
+              "compression": compression, "row_group_size": row_group_size, "sort": sort, "ledger": ledger}
     return _write(df, path, job, stage="write-interleaved-parquet", config=config,
                   storage_options=storage_options, overwrite=overwrite)
 
