@@ -32,6 +32,10 @@ _LAZY = {
     "write_report": "nemo_frames.report",
     "ClipConfig": "nemo_frames.models.clip",
     "errors_table": "nemo_frames.ledger",
+    "read_img2dataset": "nemo_frames.io.interop",
+    "img2dataset_stats": "nemo_frames.io.interop",
+    "read_clip_retrieval_embeddings": "nemo_frames.io.interop",
+    "join_embeddings": "nemo_frames.io.interop",
 }
 _SUBMODULES = {"filters", "dedup", "interleaved", "ledger", "schema", "io", "images", "models", "cluster", "report", "pipeline", "config", "progress"}
 
