@@ -669,6 +669,24 @@ def _read_parquet_file(
     return IS.arrange_items(_empty_documents(df, empty_documents), sort=sort)
 
 
+def _union_schema(files: Sequence[str], storage_options: dict[str, Any] | None) -> pa.Schema:
+    """Every file's columns, in order of first appearance (the first type seen wins): files written by
+    other tools, or from other partitions, need not share passthrough columns. Footers only."""
+    fields: dict[str, pa.Field] = {}
+    for path in files:
+        with fsspec.open(path, "rb", **(storage_options or {})) as f:
+            sch = pq.read_schema(f)
+        if not all(c in sch.names for c in IS.REQUIRED):
+            raise ValueError(
+                f"read_interleaved_parquet: {path} has no reserved column(s) {[c for c in IS.REQUIRED if c not in sch.names]} "
+                f"(found {sch.names[:12]}); an item table file needs sample_id, position and modality (NeMo Curator's "
+                "interleaved schema) — is this an interleaved Parquet file?"
+            )
+        for fld in sch:
+            fields.setdefault(fld.name, fld)
+    return pa.schema(list(fields.values()))
+
+
 def read_interleaved_parquet(
     path: str | os.PathLike[str] | Sequence[str],
     *,
@@ -712,21 +730,13 @@ def read_interleaved_parquet(
     ]
     if not files:
         raise FileNotFoundError(f"read_interleaved_parquet: no .parquet file under {path!r}")
-    with fsspec.open(files[0], "rb", **(storage_options or {})) as f:
-        schema = pq.read_schema(f)
-    missing = [c for c in IS.REQUIRED if c not in schema.names]
-    if missing:
-        raise ValueError(
-            f"read_interleaved_parquet: {files[0]} has no reserved column(s) {missing} (found {schema.names[:12]}); an "
-            "item table file needs sample_id, position and modality (NeMo Curator's interleaved schema) — is this an "
-            "interleaved Parquet file?"
-        )
+    schema = _union_schema(files, storage_options)
     cols = None
     if columns is not None:
         keep = set(IS.RESERVED) | set(IS.LEDGER_TYPES) | set(columns)
         missing = [c for c in columns if c not in schema.names]
         if missing:
-            raise ValueError(f"read_interleaved_parquet: columns {missing} are not in {files[0]} (found {schema.names})")
+            raise ValueError(f"read_interleaved_parquet: columns {missing} are in none of the {len(files)} files (found {schema.names})")
         cols = [n for n in schema.names if n in keep]
         schema = pa.schema([schema.field(n) for n in cols])
     meta = _table_to_items(schema.empty_table(), "read_interleaved_parquet")

@@ -144,6 +144,41 @@ def items_to_arrow(pdf: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
+def expand_json_column(pdf: pd.DataFrame) -> pd.DataFrame:
+    """The ``json`` column (sidecar keys kept as one JSON object) as one column per key, nested values as
+    nested Arrow values (struct / list), so another reader sees ``{"a": [1, 2]}`` and not a string.
+
+    A key becomes a column only when Arrow holds its values exactly (``to_pylist`` gives them back:
+    e.g. dicts with different key sets would gain null keys as a struct) and its name is free;
+    the other keys stay in ``json``, which is dropped when nothing is left in it.
+    """
+    if JSON_COLUMN not in pdf.columns:
+        return pdf
+    docs = [json.loads(v) if isinstance(v, str) and v else None for v in pdf[JSON_COLUMN].tolist()]
+    keys = sorted({k for d in docs if isinstance(d, dict) for k in d})
+    out = pdf.copy()
+    rest: list[dict[str, Any]] = [dict(d) if isinstance(d, dict) else {} for d in docs]
+    for k in keys:
+        if k in out.columns or k in IS.RESERVED or k in IS.LEDGER_TYPES:
+            continue
+        vals = [d.get(k) if isinstance(d, dict) else None for d in docs]
+        try:
+            arr = pa.array(vals)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            continue
+        if pa.types.is_null(arr.type) or arr.to_pylist() != vals:
+            continue
+        out[k] = pd.Series(arr, index=out.index, dtype=pd.ArrowDtype(arr.type))
+        for r in rest:
+            r.pop(k, None)
+    left = [json.dumps(r, ensure_ascii=False, sort_keys=True) if r else None for r in rest]
+    if any(v is not None for v in left):
+        out[JSON_COLUMN] = pd.Series(left, index=out.index, dtype=pdf[JSON_COLUMN].dtype)
+    else:
+        out = out.drop(columns=[JSON_COLUMN])
+    return out
+
+
 def _parquet_bytes(table: pa.Table, compression: str, row_group_size: int) -> bytes:
     buf = io.BytesIO()
     # Image bytes are (nearly) all distinct: dictionary-encoding them costs time and saves nothing.
@@ -270,7 +305,7 @@ def _write_unit(pdf: pd.DataFrame, p: int, job: _Job) -> dict[str, Any]:
         if job.rows == "ok":
             # A clean item table for other readers: NeMo Curator copies every non-reserved column into
             # each document's JSON, so our bookkeeping stays out of it (the ledger is in drops.parquet).
-            out = out.drop(columns=[c for c in IS.LEDGER_TYPES if c in out.columns])
+            out = expand_json_column(out.drop(columns=[c for c in IS.LEDGER_TYPES if c in out.columns]))
         files[f"{unit}.parquet"] = _parquet_bytes(items_to_arrow(out), job.compression, job.row_group_size)
         shards.append(f"{unit}.parquet")
     if job.ledger:
@@ -388,7 +423,8 @@ def write_interleaved_parquet(
         Write only ``ok`` rows without the ledger columns (default: a clean item table for
         NeMo Curator and other readers: the reserved columns and the user's columns only), or
         every row with its ledger columns (our checkpoint). Non-ok rows also go to
-        ``{partition:05d}.drops.parquet``.
+        ``{partition:05d}.drops.parquet``. With ``"ok"``, the keys of the ``json`` column become
+        columns holding nested values (struct / list) where Arrow keeps them exactly.
     compression, row_group_size
         Parquet options (defaults as NeMo Curator's writer).
     sort : bool
@@ -414,5 +450,5 @@ def write_interleaved_parquet(
                   storage_options=storage_options, overwrite=overwrite)
 
 
-__all__ = ["WriteResult", "escape_id", "ext_for", "items_to_arrow", "write_interleaved_parquet",
+__all__ = ["WriteResult", "escape_id", "expand_json_column", "ext_for", "items_to_arrow", "write_interleaved_parquet",
            "write_interleaved_webdataset"]
