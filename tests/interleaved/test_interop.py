@@ -170,3 +170,22 @@ def test_empty_documents_kept_by_default(tmp_path: Path, pics):
     assert (gone.nf_reason == "empty_document: no text and no image item").all()
     p = read_interleaved_parquet(str(tmp_path / "pq"), empty_documents="drop").compute()
     assert p.loc[p.nf_status == "filtered", "sample_id"].tolist() == ["blank", "nulls"]
+
+
+@pytest.mark.slow
+def test_nemo_curator_round_trip(tmp_path: Path):
+    """NeMo Curator itself (a separate venv named by $NEMO_CURATOR_PYTHON): its Parquet → us → WDS → it reads it."""
+    import os
+    import subprocess
+    import sys
+
+    nemo = os.environ.get("NEMO_CURATOR_PYTHON")
+    if not nemo or not Path(nemo).exists():
+        pytest.skip("set NEMO_CURATOR_PYTHON to the python of a venv with nemo-curator (see scripts/nemo_roundtrip.py)")
+    from tests.conftest import ROOT
+
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "nemo_roundtrip.py"), "--nemo-python", nemo,
+                        "--keep", str(tmp_path / "rt")], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "all samples identical" in r.stdout and "| our WDS (NeMo reads) | 12 | 12 | 21 | 16 |" in r.stdout
