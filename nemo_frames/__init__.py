@@ -33,6 +33,10 @@ _LAZY = {
     "ClipConfig": "nemo_frames.models.clip",
     "errors_table": "nemo_frames.ledger",
     "explore": "nemo_frames.explore",
+    "read_img2dataset": "nemo_frames.io.interop",
+    "img2dataset_stats": "nemo_frames.io.interop",
+    "read_clip_retrieval_embeddings": "nemo_frames.io.interop",
+    "join_embeddings": "nemo_frames.io.interop",
 }
 _SUBMODULES = {"filters", "dedup", "interleaved", "ledger", "schema", "io", "images", "models", "cluster", "report", "pipeline", "config", "progress"}
 

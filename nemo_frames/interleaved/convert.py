@@ -109,7 +109,7 @@ def _s2i(pdf: pd.DataFrame) -> pd.DataFrame:
     no_key = np.array([k is None for k in keys[idx]], dtype=bool)
     out = out[keep & ~(no_key & ~is_meta)].reset_index(drop=True)
     out.loc[out[IS.SAMPLE_ID].isna(), IS.POSITION] = IS.UNPLACED_POSITION
-    return IS.sort_items(IS.canonicalize(out))
+    return IS.order_items(IS.canonicalize(out))
 
 
 def samples_to_items(df: dd.DataFrame | pd.DataFrame) -> dd.DataFrame | pd.DataFrame:

@@ -5,7 +5,8 @@ marked ``nf_status="filtered"`` with ``nf_reason="<filter>: <detail>"``, an item
 could not be read or fetched ``nf_status="error"`` with ``nf_error="<code>: <message>"``.
 After every drop the ``ok`` content rows of the sample are renumbered 0…k−1 (order
 kept), and a sample left with no ``ok`` content has its metadata row marked
-``filtered`` with reason ``empty_sample``. ``kept_items`` is then a valid item table
+``filtered`` with reason ``empty_sample``. A document that had no item to begin with is kept
+(NeMo Curator keeps it too) unless :func:`drop_empty_documents` is asked for. ``kept_items`` is then a valid item table
 and ``dropped_items`` the drops table.
 """
 
@@ -67,11 +68,43 @@ def renumber(df: pd.DataFrame) -> pd.DataFrame:
     pos = pd.Series(pos, index=df.index)
     out = df.assign(**{IS.POSITION: pos})
     with_content = set(out.loc[content, IS.SAMPLE_ID].dropna())
+    # A document that never had an item (no text, no image: NeMo keeps its metadata row) is kept;
+    # only one whose items were all dropped goes. drop_empty_documents drops the former on request.
+    had_content = set(out.loc[(out[IS.MODALITY] != "metadata").to_numpy(), IS.SAMPLE_ID].dropna())
     meta_ok = ok & (out[IS.MODALITY] == "metadata").to_numpy()
-    empty = meta_ok & ~out[IS.SAMPLE_ID].isin(with_content).to_numpy()
+    sid = out[IS.SAMPLE_ID]
+    empty = meta_ok & ~sid.isin(with_content).to_numpy() & sid.isin(had_content).to_numpy()
     if empty.any():
         out = mark_filtered(out, ~empty, "empty_sample: no content left in the sample")
     return out
+
+
+EMPTY_DOCUMENT = "empty_document"
+"""Reason of :func:`drop_empty_documents`."""
+
+
+def drop_empty_documents(df: pd.DataFrame) -> pd.DataFrame:
+    """Mark documents that have no text and no image item at all as ``filtered`` (``empty_document``).
+
+    By default such a document is kept, as NeMo Curator keeps it (its metadata row is the
+    document); call this (or pass ``empty_documents="drop"`` to the readers) to drop it with a
+    recorded reason. A document emptied by a filter is dropped anyway (``empty_sample``).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"sample_id": ["a", "b", "b"], "position": [-1, -1, 0],
+    ...     "modality": ["metadata", "metadata", "text"], "text_content": [None, None, "hi"]})
+    >>> drop_empty_documents(df)[["sample_id", "nf_status", "nf_reason"]].values.tolist()
+    [['a', 'filtered', 'empty_document: no text and no image item'], ['b', 'ok', <NA>], ['b', 'ok', <NA>]]
+    """
+    df = ensure_item_ledger(df)
+    items = set(df.loc[(df[IS.MODALITY] != "metadata").to_numpy(), IS.SAMPLE_ID].dropna())
+    empty = ((df[IS.MODALITY] == "metadata") & df[IS.SAMPLE_ID].notna() & ~df[IS.SAMPLE_ID].isin(items)).to_numpy()
+    empty &= (df[S.STATUS] == Status.OK.value).to_numpy()
+    if not empty.any():
+        return df
+    return mark_filtered(df, ~empty, f"{EMPTY_DOCUMENT}: no text and no image item")
 
 
 def kept_items(df: Any) -> Any:
@@ -116,4 +149,4 @@ def merge_item_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["dropped_items", "ensure_item_ledger", "item_counts", "kept_items", "merge_item_counts", "renumber"]
+__all__ = ["EMPTY_DOCUMENT", "drop_empty_documents", "dropped_items", "ensure_item_ledger", "item_counts", "kept_items", "merge_item_counts", "renumber"]

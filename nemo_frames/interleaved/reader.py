@@ -473,7 +473,8 @@ def items_meta(fields: dict[str, str], item_fields: dict[str, str]) -> pd.DataFr
 
 
 def _read_partition(
-    url: str, cfg: InterleavedReadConfig, storage_options: dict[str, Any] | None, on_error: str
+    url: str, cfg: InterleavedReadConfig, storage_options: dict[str, Any] | None, on_error: str, sort: bool = False,
+    empty_documents: str = "keep",
 ) -> pd.DataFrame:
     fields, item_fields = dict(cfg.fields), dict(cfg.item_fields)
     rows = read_shard(url, cfg, fields, item_fields, storage_options)
@@ -484,7 +485,21 @@ def _read_partition(
                     f"read_interleaved_webdataset (on_error='raise'): {url}: sample {r[IS.SAMPLE_ID]!r}, "
                     f"position {r[IS.POSITION]}: {r[S.ERROR]}"
                 )
-    return IS.sort_items(rows_to_frame(rows, items_meta(fields, item_fields)))
+    df = rows_to_frame(rows, items_meta(fields, item_fields))
+    return IS.arrange_items(_empty_documents(df, empty_documents), sort=sort)
+
+
+def _empty_documents(df: pd.DataFrame, policy: str) -> pd.DataFrame:
+    if policy == "keep":
+        return df
+    from nemo_frames.interleaved.ops import drop_empty_documents
+
+    return drop_empty_documents(df)
+
+
+def _check_policy(where: str, empty_documents: str) -> None:
+    if empty_documents not in ("keep", "drop"):
+        raise ValueError(f"{where}: empty_documents must be 'keep' or 'drop', found {empty_documents!r}")
 
 
 def read_interleaved_webdataset(
@@ -502,6 +517,8 @@ def read_interleaved_webdataset(
     max_member_size: int = 256 << 20,
     max_json_size: int = 16 << 20,
     on_error: Literal["record", "raise"] = "record",
+    sort: bool = False,
+    empty_documents: Literal["keep", "drop"] = "keep",
 ) -> dd.DataFrame:
     """Read MINT-1T-style WebDataset shards into an item table (one Dask partition per shard).
 
@@ -534,13 +551,20 @@ def read_interleaved_webdataset(
         Caps checked from tar headers before anything is read.
     on_error : {"record", "raise"}
         Record problems as error rows (default) or raise on the first.
+    sort : bool
+        Sort each partition's samples by ``sample_id``. Default: input order (shards in the
+        order given, samples in tar order), each sample's rows by ``position``.
+    empty_documents : {"keep", "drop"}
+        A document with no text and no image (``texts``/``images`` empty or all null) is kept as
+        its metadata row (default, as NeMo Curator), or marked ``filtered`` with reason
+        ``empty_document``.
 
     Returns
     -------
     dask.dataframe.DataFrame
         The item table: the reserved columns, passthrough columns, ``json``, and the ledger
-        ``nf_status``, ``nf_error``, ``nf_reason``, ``nf_input_position``; sorted by
-        (``sample_id``, ``position``) within each partition; a partition never splits a sample.
+        ``nf_status``, ``nf_error``, ``nf_reason``, ``nf_input_position``; samples in input
+        order (or sorted, see ``sort``); a partition never splits a sample.
 
     Examples
     --------
@@ -557,6 +581,7 @@ def read_interleaved_webdataset(
     >>> kept[kept.nf_status != "ok"][["sample_id", "nf_reason"]].head()  # doctest: +SKIP
     >>> write_interleaved_parquet(kept, "mint-parquet/")  # doctest: +SKIP
     """
+    _check_policy("read_interleaved_webdataset", empty_documents)
     shards = expand_urls(urls, storage_options=storage_options)
     cfg = InterleavedReadConfig(
         materialize=materialize,
@@ -585,6 +610,8 @@ def read_interleaved_webdataset(
         cfg=cfg,
         storage_options=storage_options,
         on_error=on_error,
+        sort=sort,
+        empty_documents=empty_documents,
         meta=meta,
         label="read-interleaved-wds",
         enforce_metadata=False,
@@ -618,10 +645,51 @@ def _table_to_items(table: pa.Table, where: str) -> pd.DataFrame:
     return IS.canonicalize(df, where=where)
 
 
-def _read_parquet_file(path: str, columns: list[str] | None, storage_options: dict[str, Any] | None) -> pd.DataFrame:
+def _read_parquet_file(
+    path: str, columns: list[str] | None, storage_options: dict[str, Any] | None, sort: bool = False,
+    fill: pd.DataFrame | None = None, empty_documents: str = "keep",
+) -> pd.DataFrame:
+    """One file as an item table. ``columns`` is a request (Dask pushes the frame's columns down):
+    it is cut to what this file has, so a file written by another tool, without our ledger columns,
+    reads; the ledger is then added, and requested passthrough columns the file lacks are null."""
     with fsspec.open(path, "rb", **(storage_options or {})) as f:
-        table = pq.read_table(f, columns=columns)
-    return IS.sort_items(_table_to_items(table, f"read_interleaved_parquet({path})"))
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+        missing = [c for c in IS.REQUIRED if c not in names]
+        if missing:
+            raise ValueError(
+                f"read_interleaved_parquet: {path} has no reserved column(s) {missing} (found {names[:12]}); an item "
+                "table file needs sample_id, position and modality (NeMo Curator's interleaved schema) — is this an "
+                "interleaved Parquet file?"
+            )
+        cols = None if columns is None else [c for c in columns if c in names]
+        table = pf.read(columns=cols)
+    df = _table_to_items(table, f"read_interleaved_parquet({path})")
+    if columns is not None:
+        kinds = dict(fill.dtypes.items()) if fill is not None else {}
+        for c in columns:
+            if c not in df.columns:
+                df[c] = pd.Series(pd.NA, index=df.index, dtype=kinds.get(c, "object"))
+        df = df[[c for c in columns if c in df.columns] + [c for c in df.columns if c not in columns]]
+    return IS.arrange_items(_empty_documents(df, empty_documents), sort=sort)
+
+
+def _union_schema(files: Sequence[str], storage_options: dict[str, Any] | None) -> pa.Schema:
+    """Every file's columns, in order of first appearance (the first type seen wins): files written by
+    other tools, or from other partitions, need not share passthrough columns. Footers only."""
+    fields: dict[str, pa.Field] = {}
+    for path in files:
+        with fsspec.open(path, "rb", **(storage_options or {})) as f:
+            sch = pq.read_schema(f)
+        if not all(c in sch.names for c in IS.REQUIRED):
+            raise ValueError(
+                f"read_interleaved_parquet: {path} has no reserved column(s) {[c for c in IS.REQUIRED if c not in sch.names]} "
+                f"(found {sch.names[:12]}); an item table file needs sample_id, position and modality (NeMo Curator's "
+                "interleaved schema) — is this an interleaved Parquet file?"
+            )
+        for fld in sch:
+            fields.setdefault(fld.name, fld)
+    return pa.schema(list(fields.values()))
 
 
 def read_interleaved_parquet(
@@ -629,12 +697,18 @@ def read_interleaved_parquet(
     *,
     columns: Sequence[str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    sort: bool = False,
+    empty_documents: Literal["keep", "drop"] = "keep",
 ) -> dd.DataFrame:
     """Read an item table from Parquet (ours or NeMo Curator's): one row per item, one partition per file.
 
     Reserved columns are cast to their canonical types (``large_*`` types are kept), passthrough
-    columns come back as written, and the ledger columns are added (all ``ok``) when absent.
-    Each file must hold whole samples (both writers guarantee it).
+    columns come back as written, and the ledger columns are added (all ``ok``) when absent, so a
+    file NeMo Curator wrote (reserved + passthrough columns only) reads as it is. A file without a
+    required reserved column (``sample_id``, ``position``, ``modality``) raises ``ValueError``
+    naming the file and the column; missing nullable reserved columns are null (as NeMo's reader).
+    Each file must hold whole samples (both writers guarantee it). Rows keep the file's order
+    (files in sorted name order), each sample's rows by ``position``, unless ``sort=True``.
 
     Parameters
     ----------
@@ -642,12 +716,18 @@ def read_interleaved_parquet(
         A directory of ``.parquet`` files, a glob, a file, or a list of them.
     columns : sequence of str, optional
         Passthrough columns to read (the reserved and ledger columns are always read).
+    sort : bool
+        Sort each file's samples by ``sample_id`` (default: keep the file's order).
+    empty_documents : {"keep", "drop"}
+        Keep a document that has only its metadata row (default), or mark it ``filtered``
+        (``empty_document``).
 
     Examples
     --------
     >>> items = read_interleaved_parquet("mint-parquet/")  # doctest: +SKIP
     >>> items.groupby("sample_id").size().describe().compute()  # doctest: +SKIP
     """
+    _check_policy("read_interleaved_parquet", empty_documents)
     files = [s.url for s in expand_urls(path, storage_options=storage_options, suffixes=(".parquet",))]
     files = [
         f for f in files
@@ -655,20 +735,19 @@ def read_interleaved_parquet(
     ]
     if not files:
         raise FileNotFoundError(f"read_interleaved_parquet: no .parquet file under {path!r}")
-    with fsspec.open(files[0], "rb", **(storage_options or {})) as f:
-        schema = pq.read_schema(f)
+    schema = _union_schema(files, storage_options)
     cols = None
     if columns is not None:
         keep = set(IS.RESERVED) | set(IS.LEDGER_TYPES) | set(columns)
         missing = [c for c in columns if c not in schema.names]
         if missing:
-            raise ValueError(f"read_interleaved_parquet: columns {missing} are not in {files[0]} (found {schema.names})")
+            raise ValueError(f"read_interleaved_parquet: columns {missing} are in none of the {len(files)} files (found {schema.names})")
         cols = [n for n in schema.names if n in keep]
         schema = pa.schema([schema.field(n) for n in cols])
     meta = _table_to_items(schema.empty_table(), "read_interleaved_parquet")
     return dd.from_map(
-        _read_parquet_file, files, columns=cols, storage_options=storage_options, meta=meta,
-        label="read-interleaved-parquet", enforce_metadata=False,
+        _read_parquet_file, files, columns=cols if cols is None else list(meta.columns), storage_options=storage_options,
+        sort=sort, fill=meta, empty_documents=empty_documents, meta=meta, label="read-interleaved-parquet", enforce_metadata=False,
     )
 
 

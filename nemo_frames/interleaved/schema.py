@@ -9,7 +9,8 @@ string), so tables move between both tools. Every other column passes through
 untouched.
 
 Rows of a sample are ordered by ``position``: the metadata row at −1, then the
-content rows 0…k−1 in document order. The ledger columns of the sample table
+content rows 0…k−1 in document order; samples stay in input order (shard order, then
+place in the shard) unless a reader or writer is asked to sort them by ``sample_id``. The ledger columns of the sample table
 (``nf_status``, ``nf_error``, ``nf_reason``) mark item rows the same way; rows
 that are not ``ok`` keep their last position and carry ``nf_input_position``
 (where they were when read), and writers skip them (see ``docs/interleaved.md``).
@@ -193,6 +194,40 @@ def sort_items(df: pd.DataFrame) -> pd.DataFrame:
     return df.iloc[order].reset_index(drop=True)
 
 
+def order_items(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows in input order: samples in the order they first appear, each sample's rows by ``position``.
+
+    The order readers and writers keep by default (shard order, then place in the shard), so a
+    round trip returns documents where they were. Within a sample the metadata row (−1) comes
+    first, then content rows 0…k−1; rows that are not ``ok`` come after ``ok`` rows at equal
+    positions; rows without a ``sample_id`` go last, in their input order. Stable; the index is reset.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"sample_id": ["b", "a", "b", "a"], "position": [0, 0, -1, -1],
+    ...     "modality": ["text", "text", "metadata", "metadata"]})
+    >>> order_items(df)[["sample_id", "position"]].values.tolist()
+    [['b', -1], ['b', 0], ['a', -1], ['a', 0]]
+    """
+    if len(df) == 0:
+        return df.reset_index(drop=True)
+    sid = df[SAMPLE_ID].to_numpy(dtype=object, na_value=None)
+    codes, _ = pd.factorize(pd.Series(sid, dtype=object), use_na_sentinel=True)
+    codes = np.where(codes < 0, np.iinfo(np.int64).max, codes)
+    pos = df[POSITION].astype("float64").fillna(np.inf).to_numpy()
+    bad = (df[S.STATUS] != "ok").to_numpy(dtype=int, na_value=1) if S.STATUS in df.columns else np.zeros(len(df), int)
+    # Null-id rows (unplaced errors) keep their input order among themselves, whatever their position.
+    pos = np.where(codes == np.iinfo(np.int64).max, 0.0, pos)
+    order = np.lexsort((np.arange(len(df)), bad, pos, codes))
+    return df.iloc[order].reset_index(drop=True)
+
+
+def arrange_items(df: pd.DataFrame, *, sort: bool = False) -> pd.DataFrame:
+    """:func:`sort_items` when ``sort`` is true, else :func:`order_items` (input order)."""
+    return sort_items(df) if sort else order_items(df)
+
+
 def validate(df: pd.DataFrame) -> list[str]:
     """Problems of a pandas item table (empty list: fine), over its ``ok`` rows.
 
@@ -271,9 +306,11 @@ __all__ = [
     "TEXT_CONTENT",
     "UNPLACED_POSITION",
     "ItemSchemaError",
+    "arrange_items",
     "canonicalize",
     "empty_items",
     "make_ref",
+    "order_items",
     "parse_ref",
     "sort_items",
     "validate",

@@ -5,12 +5,14 @@ Both write each input partition as one *unit* through the commit protocol
 marker ``_done/{unit}.json`` is created exclusively, a rerun skips units with a
 marker (without reading their input) and refuses a different config. Output bytes
 depend only on the partition's content: GNU tar headers with fixed mtime, uid,
-gid and mode; samples in (``sample_id``) order; JSON keys in a fixed order.
+gid and mode; samples in input order (or by ``sample_id`` with ``sort=True``); JSON keys in a
+fixed order.
 
 Only ``ok`` rows are written to the data files. Every other row goes to
 ``{unit}.drops.parquet`` (``sample_id``, positions, ``modality``, ``source_ref``,
-``nf_status``, ``nf_error``, ``nf_reason``, without bytes), and the counts to
-``{unit}.stats.json`` and the run-level ``stats.json``.
+``nf_status``, ``nf_error``, ``nf_reason``, without bytes; ``ledger=False`` leaves it out), and
+the counts to ``{unit}.stats.json`` and the run-level ``stats.json``. What other tools read (the
+JSON of each document, the Parquet of ``ok`` rows) carries no ledger column.
 """
 
 from __future__ import annotations
@@ -142,6 +144,41 @@ def items_to_arrow(pdf: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
+def expand_json_column(pdf: pd.DataFrame) -> pd.DataFrame:
+    """The ``json`` column (sidecar keys kept as one JSON object) as one column per key, nested values as
+    nested Arrow values (struct / list), so another reader sees ``{"a": [1, 2]}`` and not a string.
+
+    A key becomes a column only when Arrow holds its values exactly (``to_pylist`` gives them back:
+    e.g. dicts with different key sets would gain null keys as a struct) and its name is free;
+    the other keys stay in ``json``, which is dropped when nothing is left in it.
+    """
+    if JSON_COLUMN not in pdf.columns:
+        return pdf
+    docs = [json.loads(v) if isinstance(v, str) and v else None for v in pdf[JSON_COLUMN].tolist()]
+    keys = sorted({k for d in docs if isinstance(d, dict) for k in d})
+    out = pdf.copy()
+    rest: list[dict[str, Any]] = [dict(d) if isinstance(d, dict) else {} for d in docs]
+    for k in keys:
+        if k in out.columns or k in IS.RESERVED or k in IS.LEDGER_TYPES:
+            continue
+        vals = [d.get(k) if isinstance(d, dict) else None for d in docs]
+        try:
+            arr = pa.array(vals)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            continue
+        if pa.types.is_null(arr.type) or arr.to_pylist() != vals:
+            continue
+        out[k] = pd.Series(arr, index=out.index, dtype=pd.ArrowDtype(arr.type))
+        for r in rest:
+            r.pop(k, None)
+    left = [json.dumps(r, ensure_ascii=False, sort_keys=True) if r else None for r in rest]
+    if any(v is not None for v in left):
+        out[JSON_COLUMN] = pd.Series(left, index=out.index, dtype=pdf[JSON_COLUMN].dtype)
+    else:
+        out = out.drop(columns=[JSON_COLUMN])
+    return out
+
+
 def _parquet_bytes(table: pa.Table, compression: str, row_group_size: int) -> bytes:
     buf = io.BytesIO()
     # Image bytes are (nearly) all distinct: dictionary-encoding them costs time and saves nothing.
@@ -226,6 +263,8 @@ class _Job:
     storage_options: dict[str, Any] | None
     compression: str
     row_group_size: int
+    sort: bool = False
+    ledger: bool = True
 
 
 def _prepare(pdf: pd.DataFrame, job: _Job) -> pd.DataFrame:
@@ -233,7 +272,7 @@ def _prepare(pdf: pd.DataFrame, job: _Job) -> pd.DataFrame:
     if job.materialize:
         pdf = _materialize(pdf, storage_options=job.storage_options)
     # A failed fetch drops an item: renumber so the written sample has no hole, and drop emptied samples.
-    return IS.sort_items(renumber(pdf))
+    return IS.arrange_items(renumber(pdf), sort=job.sort)
 
 
 def _write_unit(pdf: pd.DataFrame, p: int, job: _Job) -> dict[str, Any]:
@@ -253,7 +292,7 @@ def _write_unit(pdf: pd.DataFrame, p: int, job: _Job) -> dict[str, Any]:
         groups: dict[str, list[int]] = {}
         for r, sid in enumerate(cols[IS.SAMPLE_ID]):
             groups.setdefault(sid, []).append(r)
-        order = sorted(groups)
+        order = sorted(groups) if job.sort else list(groups)  # dicts keep first appearance: input order
         for j in range(0, len(order), job.samples_per_shard):
             members: list[tuple[str, bytes]] = []
             for sid in order[j : j + job.samples_per_shard]:
@@ -263,9 +302,14 @@ def _write_unit(pdf: pd.DataFrame, p: int, job: _Job) -> dict[str, Any]:
             shards.append(name)
     else:
         out = (ok if job.rows == "ok" else pdf).reset_index(drop=True)
+        if job.rows == "ok":
+            # A clean item table for other readers: NeMo Curator copies every non-reserved column into
+            # each document's JSON, so our bookkeeping stays out of it (the ledger is in drops.parquet).
+            out = expand_json_column(out.drop(columns=[c for c in IS.LEDGER_TYPES if c in out.columns]))
         files[f"{unit}.parquet"] = _parquet_bytes(items_to_arrow(out), job.compression, job.row_group_size)
         shards.append(f"{unit}.parquet")
-    files[f"{unit}.drops.parquet"] = _drops_bytes(pdf)
+    if job.ledger:
+        files[f"{unit}.drops.parquet"] = _drops_bytes(pdf)
     stats = {"unit": unit, "files": shards, **counts}
     files[f"{unit}.stats.json"] = (json.dumps(stats, sort_keys=True, indent=1) + "\n").encode("utf-8")
     r = c.write(unit, files, counts=stats)
@@ -318,6 +362,8 @@ def write_interleaved_webdataset(
     storage_options: dict[str, Any] | None = None,
     read_storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
+    sort: bool = False,
+    ledger: bool = True,
 ) -> WriteResult:
     """Write the ``ok`` rows of an item table as MINT-1T-style WebDataset shards.
 
@@ -330,9 +376,11 @@ def write_interleaved_webdataset(
     bytes cannot be had is recorded in ``drops.parquet`` and its sample renumbered.
 
     Output: ``{partition:05d}-{k:04d}.tar`` (at most ``samples_per_shard`` samples each,
-    in ``sample_id`` order), ``{partition:05d}.drops.parquet``, ``{partition:05d}.stats.json``,
+    in input order, or by ``sample_id`` with ``sort=True``), ``{partition:05d}.drops.parquet``
+    (the ledger of the rows not written; ``ledger=False`` leaves it out), ``{partition:05d}.stats.json``,
     ``_done/``, ``_config.json``, ``stats.json``. GNU tar, fixed mtime/uid/gid/mode:
     identical input gives byte-identical shards. Rerunning skips partitions already done.
+    The JSON holds no ledger column (``nf_status``, ``nf_error``, ``nf_reason``, ``nf_input_position``).
 
     Examples
     --------
@@ -343,9 +391,9 @@ def write_interleaved_webdataset(
         raise ValueError(f"write_interleaved_webdataset: samples_per_shard must be >= 1, found {samples_per_shard}")
     job = {"kind": "webdataset", "samples_per_shard": samples_per_shard, "materialize": True, "rows": "ok",
            "storage_options": read_storage_options if read_storage_options is not None else storage_options,
-           "compression": "", "row_group_size": 0}
+           "compression": "", "row_group_size": 0, "sort": sort, "ledger": ledger}
     config = {"format": "interleaved-webdataset", "version": 1, "samples_per_shard": samples_per_shard,
-              "tar": {"format": "gnu", "mtime": TAR_MTIME}}
+              "tar": {"format": "gnu", "mtime": TAR_MTIME}, "sort": sort, "ledger": ledger}
     return _write(df, path, job, stage="write-interleaved-webdataset", config=config,
                   storage_options=storage_options, overwrite=overwrite)
 
@@ -361,6 +409,8 @@ def write_interleaved_parquet(
     storage_options: dict[str, Any] | None = None,
     read_storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
+    sort: bool = False,
+    ledger: bool = True,
 ) -> WriteResult:
     """Write an item table as Parquet, one file per partition (``{partition:05d}.parquet``), one row per item.
 
@@ -370,10 +420,19 @@ def write_interleaved_parquet(
         Fetch missing image bytes into ``binary_content`` so the files stand alone (default,
         as NeMo Curator's writer). ``False`` writes locators only (an index of the shards).
     rows : {"ok", "all"}
-        Write only ``ok`` rows (default: a clean item table NeMo Curator reads), or every row
-        with its ledger columns (a checkpoint). Non-ok rows also go to ``drops.parquet``.
+        Write only ``ok`` rows without the ledger columns (default: a clean item table for
+        NeMo Curator and other readers: the reserved columns and the user's columns only), or
+        every row with its ledger columns (our checkpoint). Non-ok rows also go to
+        ``{partition:05d}.drops.parquet``. With ``"ok"``, the keys of the ``json`` column become
+        columns holding nested values (struct / list) where Arrow keeps them exactly.
     compression, row_group_size
         Parquet options (defaults as NeMo Curator's writer).
+    sort : bool
+        Write samples sorted by ``sample_id``; default: input order (shard order, then place).
+    ledger : bool
+        Write ``{partition:05d}.drops.parquet`` (the ledger of the rows not written). NeMo
+        Curator's directory listing takes every ``*.parquet``: pass it the data files, or use
+        ``ledger=False`` for a directory that holds data only (counts stay in ``stats.json``).
 
     Examples
     --------
@@ -384,12 +443,12 @@ def write_interleaved_parquet(
         raise ValueError(f"write_interleaved_parquet: rows must be 'ok' or 'all', found {rows!r}")
     job = {"kind": "parquet", "samples_per_shard": 0, "materialize": materialize, "rows": rows,
            "storage_options": read_storage_options if read_storage_options is not None else storage_options,
-           "compression": compression, "row_group_size": row_group_size}
+           "compression": compression, "row_group_size": row_group_size, "sort": sort, "ledger": ledger}
     config = {"format": "interleaved-parquet", "version": 1, "materialize": materialize, "rows": rows,
-              "compression": compression, "row_group_size": row_group_size}
+              "compression": compression, "row_group_size": row_group_size, "sort": sort, "ledger": ledger}
     return _write(df, path, job, stage="write-interleaved-parquet", config=config,
                   storage_options=storage_options, overwrite=overwrite)
 
 
-__all__ = ["WriteResult", "escape_id", "ext_for", "items_to_arrow", "write_interleaved_parquet",
+__all__ = ["WriteResult", "escape_id", "expand_json_column", "ext_for", "items_to_arrow", "write_interleaved_parquet",
            "write_interleaved_webdataset"]

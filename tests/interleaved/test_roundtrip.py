@@ -27,7 +27,10 @@ def _wds(path, **kw) -> pd.DataFrame:
 
 
 def _assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    a, b = canon(a), canon(b)
+    # Parquet written for other readers holds the json column's keys as (nested) columns.
+    from nemo_frames.interleaved.writer import expand_json_column
+
+    a, b = canon(expand_json_column(a)), canon(expand_json_column(b))
     assert list(a.columns) == list(b.columns)
     pdt.assert_frame_equal(a, b, check_dtype=True)
 
