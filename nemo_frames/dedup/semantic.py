@@ -61,7 +61,7 @@ from nemo_frames.dedup._table import (
     group_min_key,
     rank_value,
 )
-from nemo_frames.schema import EMBEDDING, KEY, STATUS, Status
+from nemo_frames.schema import EMBEDDING, KEY, STATUS, ErrorCode, Status
 
 Mode = Literal["components", "nemo_curator"]
 Similarity = Literal["auto", "numpy", "torch"]
@@ -133,6 +133,67 @@ def _prepare(pdf: Any, cfg: SemanticConfig) -> tuple[np.ndarray, np.ndarray, np.
     keys = pdf[KEY].to_numpy(dtype=object)[good]
     score = pdf[cfg.score_column].to_numpy(dtype=np.float64)[good] if cfg.score_column else None
     return keys, x, score, excluded
+
+
+def _invalid_reasons(pdf: pd.DataFrame, column: str) -> pd.Series:
+    """Per ``ok`` row, why its embedding cannot take part in semantic dedup (``None``: it can)."""
+    out = pd.Series(None, index=pdf.index, dtype=object)
+    ok = (pdf[STATUS] == Status.OK.value).to_numpy() if STATUS in pdf.columns else np.ones(len(pdf), bool)
+    emb = pdf[column]
+    null = emb.isna().to_numpy() & ok
+    out[null] = f"column {column!r} is null"
+    have = np.nonzero(ok & ~null)[0]
+    if len(have):
+        x = nfb.to_matrix(emb.iloc[have])  # raises, naming the column, if lengths differ
+        finite = np.isfinite(x).all(axis=1)
+        zero = finite & ~(np.abs(x) > 0).any(axis=1)
+        out.iloc[have[~finite]] = f"column {column!r} has NaN or inf values"
+        out.iloc[have[zero]] = f"column {column!r} is all zeros (no direction to compare)"
+    return out
+
+
+def mark_invalid_embeddings(df: Any, *, embedding_column: str = EMBEDDING) -> Any:
+    """Mark ``ok`` rows whose embedding is null, has NaN/inf values or is all zeros as errors.
+
+    :func:`semantic_duplicates` cannot compare such rows, so it leaves them out (counted in its
+    table's ``attrs["excluded"]``); this records them in the ledger instead of leaving them
+    ``ok`` unexamined: ``nf_status = 'error'``, ``nf_error = 'invalid_embedding: <why>'``.
+    ``curate`` runs it before its semantic dedup.
+
+    Parameters
+    ----------
+    df : pandas or Dask DataFrame
+        The sample table.
+    embedding_column : str
+        The embedding column (``list<float32>``). Rows of different lengths raise ``ValueError``
+        naming the column, the expected and the found lengths.
+
+    Returns
+    -------
+    The same kind of frame, with the ledger columns updated.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from nemo_frames.backend import from_matrix
+    >>> x = np.array([[1, 0], [0, 0], [np.nan, 1]], np.float32)
+    >>> df = pd.DataFrame({"key": list("abc")}).assign(embedding=from_matrix(x))
+    >>> mark_invalid_embeddings(df)["nf_error"].tolist()
+    [<NA>, "invalid_embedding: column 'embedding' is all zeros (no direction to compare)", "invalid_embedding: column 'embedding' has NaN or inf values"]
+    """
+    from nemo_frames import ledger
+
+    def mark(part: pd.DataFrame) -> pd.DataFrame:
+        part = ledger.ensure_ledger(nfb.to_host(part))
+        why = _invalid_reasons(part, embedding_column)
+        bad = why.notna()
+        return ledger.mark_error(part, bad, ErrorCode.INVALID_EMBEDDING, why.fillna(""))
+
+    if embedding_column not in df.columns:
+        raise KeyError(f"mark_invalid_embeddings: no column {embedding_column!r}; found {list(df.columns)}")
+    if hasattr(df, "map_partitions"):
+        return df.map_partitions(mark, meta=ledger.ensure_ledger(df._meta))
+    return mark(df)
 
 
 def _rows_digest(keys: np.ndarray, x: np.ndarray, score: np.ndarray | None) -> str:
@@ -239,6 +300,12 @@ def _assign_part(pdf: Any, i: int, centroids: np.ndarray, n_buckets: int, ck: Ch
                 "clusters. Fix: pass a new checkpoint_dir (or delete this one) when the table changes."
             )
         return info
+    if len(x) and x.shape[1] != centroids.shape[1]:
+        raise ValueError(
+            f"semantic dedup: column {cfg.embedding_column!r} of partition {i} has embeddings of length {x.shape[1]}, "
+            f"expected {centroids.shape[1]} (the length k-means was fit on). Every row needs an embedding from the "
+            "same model: recompute them, or mark the odd rows as errors first."
+        )
     first, second = _assign_boundary(x, centroids, cfg.boundary_margin)
     copy = np.nonzero(second >= 0)[0]
     n_rows = len(keys)
