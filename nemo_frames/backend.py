@@ -265,7 +265,8 @@ def _components_scipy(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
     from scipy.sparse import coo_array
     from scipy.sparse.csgraph import connected_components as cc
 
-    graph = coo_array((np.ones(len(src), np.int8), (src, dst)), shape=(n, n)).tocsr()
+    # float weights: repeated edges are summed, and 256 repeats of an int8 1 would wrap to a 0 (no edge)
+    graph = coo_array((np.ones(len(src), np.float32), (src, dst)), shape=(n, n)).tocsr()
     return cc(graph, directed=False, connection="weak", return_labels=True)[1]
 
 

@@ -396,6 +396,93 @@ def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
 
+def _prefer(best: np.ndarray, arg: np.ndarray, m: np.ndarray, a: np.ndarray) -> None:
+    """In place: take ``(m, a)`` where it is more similar, or as similar with a smaller index."""
+    upd = (m > best) | ((m == best) & (a < arg))
+    best[upd] = m[upd]
+    arg[upd] = a[upd]
+
+
+def link_pass(
+    x: np.ndarray, threshold: float, *, block_size: int = 1024, similarity: Similarity = "auto"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Components of the ``sim ≥ threshold`` graph without keeping its edges.
+
+    The same blockwise upper-triangle products as :func:`pair_pass`, but each block's edges are
+    folded into the component labels at once, so memory is ``O(block_size · n)`` however many
+    edges a group has (``n`` near-identical rows have ``n²/2``). Returns ``(labels, nn, nn_sim,
+    earlier_best, earlier_arg)``: per row its component, its most similar other row (ties: the
+    smaller index; ``-1`` / ``-inf`` when none) and the NeMo quantity of :func:`pair_pass`.
+    """
+    n = len(x)
+    use_torch = similarity == "torch" or (similarity == "auto" and nfb.cuda_device_present())
+    labels = np.arange(n, dtype=np.int64)
+    nns = np.full(n, -np.inf, np.float32)
+    nn = np.full(n, -1, np.int64)
+    best = np.full(n, -np.inf, np.float32)
+    arg = np.full(n, -1, np.int64)
+    if use_torch:
+        import torch
+
+        xt = torch.from_numpy(np.ascontiguousarray(x)).to(_torch_device())
+    thr = np.float32(threshold)
+    for i0 in range(0, n, block_size):
+        i1 = min(n, i0 + block_size)
+        b = i1 - i0
+        if use_torch:
+            st = xt[i0:i1] @ xt[i0:].T
+            st[:, :b] = st[:, :b].masked_fill(torch.ones(b, b, dtype=torch.bool, device=st.device).tril(), float("-inf"))
+            cm, ca = (t.cpu().numpy() for t in st.max(dim=0))
+            rm, ra = (t.cpu().numpy() for t in st.max(dim=1))
+            r, c = (t.cpu().numpy() for t in torch.nonzero(st >= float(thr), as_tuple=True))
+        else:
+            s = x[i0:i1] @ x[i0:].T
+            s[:, :b][np.tril(np.ones((b, b), dtype=bool))] = -np.inf
+            ca = s.argmax(axis=0)
+            cm = s[ca, np.arange(s.shape[1])]
+            ra = s.argmax(axis=1)
+            rm = s[np.arange(b), ra]
+            r, c = np.nonzero(s >= thr)
+            del s
+        # earlier rows first (column maxima), then later ones (row maxima): ties keep the smaller index
+        _prefer(best[i0:], arg[i0:], cm, ca.astype(np.int64) + i0)
+        _prefer(nns[i0:], nn[i0:], cm, ca.astype(np.int64) + i0)
+        _prefer(nns[i0:i1], nn[i0:i1], rm, ra.astype(np.int64) + i0)
+        if len(r):
+            lr, lc = labels[r + i0], labels[c + i0]
+            diff = lr != lc
+            if diff.any():
+                labels = nfb.connected_components(lr[diff], lc[diff], n)[labels]
+    return labels, nn, nns, best, arg
+
+
+def _identical(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(reps, inverse)``: the first row of each set of bit-identical rows, and each row's set.
+
+    Rows are hashed by their bytes, so a group of 50,000 identical embeddings costs one row in
+    the pairwise work instead of 1.25 billion pairs."""
+    if not len(x):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    words = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    w = np.random.default_rng(0).integers(1, 2**62, size=words.shape[1], dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    row = np.zeros(len(x), np.uint64)
+    for k in range(0, words.shape[1], 64):  # integer arithmetic (exact, wraps mod 2**64), in column slices
+        row += (words[:, k : k + 64].astype(np.uint64) * w[k : k + 64]).sum(axis=1, dtype=np.uint64)
+    _, first, inverse = np.unique(row, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    # a hash collision between different rows would merge them: check and split those apart
+    same = (x == x[first[inverse]]).all(axis=1)
+    if not same.all():
+        inverse = inverse.copy()
+        extra = np.nonzero(~same)[0]
+        inverse[extra] = len(first) + np.arange(len(extra))
+        first = np.r_[first, extra]
+    order = np.argsort(first, kind="stable")  # reps in row order (rows come in rank order)
+    remap = np.empty(len(order), np.int64)
+    remap[order] = np.arange(len(order))
+    return first[order].astype(np.int64), remap[inverse]
+
+
 def _spanning_forest(n: int, i: np.ndarray, j: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The maximum-similarity spanning forest: same components at every threshold ≥ min(s)."""
     from scipy.sparse import coo_array
@@ -473,56 +560,72 @@ def dedup_cluster(
     """
     thr = 1.0 - cfg.eps
     value = _rank_values(x, score, centroid, cfg, primary_centroids)
+    keys = np.asarray(keys, dtype=object)
+    rows = np.lexsort((np.argsort(np.argsort(keys, kind="stable"), kind="stable"), value))  # rank order
+    if cfg.mode == "nemo_curator" and primary is not None:
+        rows = rows[primary[rows]]  # NeMo's hard assignment: boundary copies take no part
+    # bit-identical rows are one vector for the pairwise work; each set's best-ranked row stands for it
+    reps, inv = _identical(x[rows])
+    rep_rows = rows[reps]
+    copies = np.bincount(inv, minlength=len(reps))
     out = []
-    for piece in _cluster_pieces(keys, x, value, cfg):
-        if cfg.mode == "nemo_curator" and primary is not None:
-            piece = piece[primary[piece]]  # NeMo's hard assignment: boundary copies take no part
+    split = len(rep_rows) > cfg.max_cluster_size  # only distinct vectors count towards the split limit
+    for piece in _cluster_pieces(keys[rep_rows], x[rep_rows], value[rep_rows], cfg):
         n = len(piece)
-        if n < 2:
+        if n < 2 and copies[piece].sum() < 2:
             continue
-        pk = keys[piece]
-        i, j, s, best, arg = pair_pass(
-            x[piece], thr, block_size=cfg.block_size, earlier_max=cfg.mode == "nemo_curator", similarity=cfg.similarity
-        )
-        if not len(i):
+        labels, nn, nns, best, arg = link_pass(x[rep_rows[piece]], thr, block_size=cfg.block_size,
+                                               similarity=cfg.similarity)
+        # every row whose representative is in this piece, in rank order (a representative first)
+        at = np.full(len(reps), -1, np.int64)
+        at[piece] = np.arange(n)
+        mine = np.nonzero(at[inv] >= 0)[0]
+        p = at[inv[mine]]  # the piece position of each row's representative
+        is_rep = reps[inv[mine]] == mine
+        lab = labels[p]
+        size = np.bincount(lab, minlength=n)
+        member = size[lab] > 1
+        if not member.any():
             continue
-        labels = nfb.connected_components(i, j, n)
-        size = np.bincount(labels)
-        member = np.nonzero(size[labels] > 1)[0]  # positions in rank order
-        lab = labels[member]
+        mine, p, is_rep, lab = mine[member], p[member], is_rep[member], lab[member]
+        src = rows[mine]
+        # a representative's own copies: the best-ranked one (rows are in rank order)
+        first_copy = np.full(n, -1, np.int64)
+        cp = np.nonzero(~is_rep)[0]
+        first_copy[p[cp[::-1]]] = src[cp[::-1]]
+        rep_src = rep_rows[piece][p]
         if cfg.mode == "components":
-            # positions are in rank order: the lowest position of a component is its best row
-            surv = member == pd.Series(member).groupby(lab).transform("min").to_numpy()
-            # the most similar neighbour of each row (an edge, so ≥ 1 − eps)
-            src, dst, ss = np.r_[i, j], np.r_[j, i], np.r_[s, s]
-            o = np.lexsort((dst, -ss, src))
-            src, dst, ss = src[o], dst[o], ss[o]
-            head = np.r_[True, src[1:] != src[:-1]]
-            nn = np.full(n, -1, np.int64)
-            nns = np.full(n, np.nan)
-            nn[src[head]] = dst[head]
-            nns[src[head]] = ss[head]
-            matched, msim = nn[member], nns[member]
+            # survivor: the group's best-ranked row, a representative (lowest piece position)
+            surv = is_rep & (p == pd.Series(p).groupby(lab).transform("min").to_numpy())
+            # a copy is explained by its representative (cosine 1); a representative by its own
+            # first copy if it has one, else by its most similar other vector
+            has_copy = first_copy[p] >= 0
+            other = np.where(nn[p] >= 0, rep_rows[piece][np.maximum(nn[p], 0)], -1)
+            matched = np.where(~is_rep, rep_src, np.where(has_copy, first_copy[p], other))
+            msim = np.where(is_rep & ~has_copy, nns[p].astype(np.float64), 1.0)
         else:
-            surv = best[member] < np.float32(thr)
-            matched, msim = arg[member], best[member].astype(np.float64)
+            # NeMo: a copy's best earlier-ranked row is its representative (cosine 1)
+            surv = is_rep & (best[p] < np.float32(thr))
+            earlier = np.where(arg[p] >= 0, rep_rows[piece][np.maximum(arg[p], 0)], -1)
+            matched = np.where(is_rep, earlier, rep_src)
+            msim = np.where(is_rep, best[p].astype(np.float64), 1.0)
             msim[matched < 0] = np.nan
         out.append(
             pd.DataFrame(
                 {
-                    "key": pk[member],
-                    "group_id": group_min_key(lab, pk[member]),
+                    "key": keys[src],
+                    "group_id": group_min_key(lab, keys[src]),
                     "is_survivor": surv,
                     "max_similarity": msim,
-                    "matched_key": np.where(matched >= 0, pk[np.maximum(matched, 0)], None),
+                    "matched_key": np.where(matched >= 0, keys[np.maximum(matched, 0)], None),
                     "method": "semantic",
-                    "rank_value": value[piece][member],
+                    "rank_value": value[src],
                 }
             )
         )
-    if not out:
-        return empty_dup_table({"rank_value": "float64"})
-    return pd.concat(out, ignore_index=True)
+    table = pd.concat(out, ignore_index=True) if out else empty_dup_table({"rank_value": "float64"})
+    table.attrs["split"] = split
+    return table
 
 
 def sweep_cluster(
@@ -720,6 +823,7 @@ def _pairs_bucket(b: int, clusters: list[int], cl: _Clustering, ck: Checkpoint, 
         part = bk.cluster(sl, cl.centroids)
         t = dedup_cluster(part["keys"], part["x"], part["score"], cl.centroids[c], cfg, primary=part["primary"],
                           primary_centroids=part["primary_centroids"])
+        split = bool(t.attrs.get("split", sl.stop - sl.start > cfg.max_cluster_size))
         # cluster_id is the row's primary cluster, also for a boundary copy found here
         prim = pd.Series(bk.primary[sl], index=pd.Index(part["keys"], dtype=object))
         t = t.assign(cluster_id=prim.reindex(pd.Index(t["key"], dtype=object)).to_numpy(np.int32))
@@ -728,7 +832,7 @@ def _pairs_bucket(b: int, clusters: list[int], cl: _Clustering, ck: Checkpoint, 
         ck.write_parquet_atomic(t, f"cluster-{c:06d}")
         n = sl.stop - sl.start
         info = {"cluster": c, "rows": n, "boundary": int(n - part["primary"].sum()), "in_groups": len(t),
-                "split": bool(n > cfg.max_cluster_size)}
+                "split": split}
         ck.mark_done(f"cluster-{c:06d}", info)
         stats.append(info)
     return stats

@@ -125,9 +125,9 @@ def test_oversized_clusters_are_split(planted):
     assert t.attrs["split_clusters"] == 1
     _, recall = pair_scores(t, planted_pairs(planted["key"]))
     assert recall >= 0.9  # pairs cut by a split are lost; most survive
-    # identical rows cannot be split by 2-means: the fallback still bounds every piece
-    same = _frame(np.ones((300, 8), np.float32), [f"k{i:03d}" for i in range(300)])
-    t = semantic_duplicates(same, n_clusters=1, max_cluster_size=100)
+    # near-identical rows defeat 2-means: the fallback still bounds every piece
+    near = np.ones((300, 8), np.float32) + np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32) * 1e-4
+    t = semantic_duplicates(_frame(near, [f"k{i:03d}" for i in range(300)]), n_clusters=1, max_cluster_size=100)
     assert t.groupby("group_id").size().max() <= 100 and t["is_survivor"].sum() >= 3
 
 
@@ -261,3 +261,82 @@ def test_boundary_results_do_not_depend_on_partitioning(planted):
     _, recall = pair_scores(ref, planted_pairs(planted["key"]))
     hard = semantic_duplicates(planted, eps=0.01, n_clusters=6, boundary_margin=0.0)
     assert recall >= pair_scores(hard, planted_pairs(planted["key"]))[1]
+
+
+@pytest.mark.parametrize("mode", ["components", "nemo_curator"])
+def test_identical_embeddings_collapse_to_one_survivor(mode):
+    # 3,000 copies of one vector (plus two near copies and unrelated rows), split limit 500:
+    # identical rows are one vector for the pairwise work, so the group is neither split nor quadratic
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal(16).astype(np.float32)
+    near = v + rng.standard_normal((2, 16)).astype(np.float32) * 1e-3
+    other = rng.standard_normal((40, 16)).astype(np.float32)
+    x = np.vstack([np.repeat(v[None], 3000, 0), near, other])
+    keys = [f"s{i:04d}" for i in range(3000)] + ["n0", "n1"] + [f"u{i:02d}" for i in range(40)]
+    score = np.r_[np.zeros(3000), 1.0, 0.5, np.zeros(40)]
+    t = semantic_duplicates(_frame(x, keys, aesthetic_score=score), eps=0.01, n_clusters=1, max_cluster_size=500,
+                            mode=mode, policy="max_score", score_column="aesthetic_score", block_size=64)
+    group = t[t["key"].str.startswith(("s", "n"))]
+    assert len(group) == 3002 and group["group_id"].nunique() == 1 and t.attrs["split_clusters"] == 0
+    assert t.loc[t.is_survivor, "key"].tolist() == ["n0"]  # the best score wins, exactly one survivor
+    copies = t.set_index("key").loc[[f"s{i:04d}" for i in range(1, 3000)]]
+    assert (copies["matched_key"] == "s0000").all() and (copies["max_similarity"] == 1.0).all()
+
+
+def test_link_pass_matches_the_edge_list():
+    from nemo_frames.backend import connected_components, to_matrix
+    from nemo_frames.dedup.semantic import link_pass
+
+    x = to_matrix(planted_embeddings(900, d=16, partition_rows=900, n_centers=3).compute()["embedding"])
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    i, j, _, best, arg = pair_pass(x, 0.75, block_size=100, similarity="numpy")
+    labels, nn, nns, best2, arg2 = link_pass(x, 0.75, block_size=100, similarity="numpy")
+    ref = connected_components(i, j, len(x))
+    assert 5 < len(np.unique(ref)) < len(x) - 200  # many links, so the check means something
+    assert pd.crosstab(ref, labels).gt(0).sum(axis=1).eq(1).all() and len(np.unique(labels)) == len(np.unique(ref))
+    np.testing.assert_array_equal(best, best2)
+    np.testing.assert_array_equal(arg, arg2)
+    full = x @ x.T
+    np.fill_diagonal(full, -np.inf)
+    np.testing.assert_allclose(nns, full.max(axis=1), atol=1e-6)
+    np.testing.assert_allclose(full[np.arange(len(x)), nn], nns, atol=1e-6)  # nn is the row that gives it
+
+
+def test_invalid_embeddings_are_recorded_and_skipped():
+    from nemo_frames.dedup import mark_invalid_embeddings
+    from nemo_frames.ledger import counts
+
+    x = np.eye(5, 8, dtype=np.float32)
+    x[1] = 0.0
+    x[2, 3] = np.nan
+    x[3, 0] = np.inf
+    df = _frame(x, list("abcde"))
+    emb = df["embedding"].copy()
+    emb.iloc[4] = None
+    df["embedding"] = emb
+    df = pd.concat([df, _frame(np.eye(2, 8, dtype=np.float32), ["f", "g"])], ignore_index=True)
+    out = mark_invalid_embeddings(dd.from_pandas(df, npartitions=2)).compute().set_index("key")
+    assert out.loc[["b", "c", "d", "e"], "nf_status"].eq("error").all()
+    assert out.loc[["a", "f", "g"], "nf_status"].eq("ok").all()
+    assert out.loc["b", "nf_error"].startswith("invalid_embedding: column 'embedding' is all zeros")
+    assert "NaN or inf" in out.loc["c", "nf_error"] and "NaN or inf" in out.loc["d", "nf_error"]
+    assert out.loc["e", "nf_error"] == "invalid_embedding: column 'embedding' is null"
+    assert counts(out.reset_index())["errors_by_code"] == {"invalid_embedding": 4}
+    # semantic dedup itself skips them (and counts them), whether or not they were marked
+    assert semantic_duplicates(df, n_clusters=1).attrs["excluded"] == 4
+
+
+def test_embeddings_of_different_lengths_are_refused():
+    import pyarrow as pa
+
+    rows = [np.full(767, 0.1, np.float32), np.full(769, 0.1, np.float32)]  # total 1536 = 2 x 768
+    emb = pd.Series(pa.array(rows, pa.list_(pa.float32())), dtype=pd.ArrowDtype(pa.list_(pa.float32())))
+    df = pd.DataFrame({"key": ["a", "b"], "embedding": emb})
+    with pytest.raises(ValueError, match=r"column 'embedding': every embedding must have the same length; "
+                                         r"expected 767, found 769 \(1 rows\)"):
+        semantic_duplicates(df, n_clusters=1)
+    # across partitions too: k-means was fit on one length, a later partition has another
+    a = _frame(np.eye(4, 8, dtype=np.float32), list("abcd"))
+    b = _frame(np.eye(4, 6, dtype=np.float32), list("efgh"))
+    with pytest.raises(ValueError, match=r"embeddings of different dimensions|length 6, expected 8"):
+        semantic_duplicates(dd.concat([dd.from_pandas(a, npartitions=1), dd.from_pandas(b, npartitions=1)]), n_clusters=1)
