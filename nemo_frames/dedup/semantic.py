@@ -67,10 +67,13 @@ Mode = Literal["components", "nemo_curator"]
 Similarity = Literal["auto", "numpy", "torch"]
 ROWS_PER_CLUSTER = 1000  # default n_clusters = ceil(rows / this)
 ROWS_PER_BUCKET = 50_000  # rows read by one pairs task (bounded memory per task)
-# Cosine margin for boundary copies in ``components`` mode. Not a guarantee (the sound bound,
-# 2·sqrt(2·eps), would copy nearly every row): measured on the planted benchmark (768-d, eps
-# 0.01), where it recovered all but 2 of the 2k pairs lost at k-means boundaries at 1M rows (+30% rows).
-BOUNDARY_MARGIN = 0.002
+# Boundary copies in ``components`` mode: a row goes also to each of its BOUNDARY_CANDIDATES
+# next-nearest clusters j whose cosine is within scale·√(2·eps)·‖c_nearest − c_j‖ of the nearest.
+# scale 0.5 is sound (a pair within eps straddling clusters a, b has gap_x + gap_y ≤ √(2·eps)·‖c_a − c_b‖,
+# so one of the two rows is copied); the default is measured on anisotropic planted data
+# (benchmarks/semdedup_planted.py, docs/operators/dedup.md).
+BOUNDARY_SCALE = 0.25
+BOUNDARY_CANDIDATES = 8
 _TIE = 1e-4  # float32 cosine decisions closer than this are re-made in float64
 
 
@@ -93,6 +96,7 @@ class SemanticConfig:
     similarity: Similarity = "auto"
     embedding_column: str = EMBEDDING
     boundary_margin: float = 0.0
+    boundary_scale: float = 0.0
 
     def validate(self) -> None:
         if not 0.0 <= self.eps < 1.0:
@@ -107,12 +111,20 @@ class SemanticConfig:
             raise ValueError(f"max_cluster_size must be >= 2, found {self.max_cluster_size}")
         if not 0.0 <= self.boundary_margin < 2.0:
             raise ValueError(f"boundary_margin must be in [0, 2) (a cosine gap); found {self.boundary_margin}")
+        if not 0.0 <= self.boundary_scale <= 1.0:
+            raise ValueError(f"boundary_scale must be in [0, 1] (0.5 is the sound value); found {self.boundary_scale}")
 
 
-def _resolve_margin(boundary_margin: float | None, mode: str) -> float:
-    if boundary_margin is not None:
-        return float(boundary_margin)
-    return BOUNDARY_MARGIN if mode == "components" else 0.0
+def _resolve_boundary(boundary_margin: float | None, boundary_scale: float | None, mode: str) -> tuple[float, float]:
+    """``(margin, scale)``: by default only ``components`` writes boundary copies, by ``scale``."""
+    if boundary_margin is None and boundary_scale is None:
+        return (0.0, BOUNDARY_SCALE) if mode == "components" else (0.0, 0.0)
+    return float(boundary_margin or 0.0), float(boundary_scale or 0.0)
+
+
+def _radius(cfg: SemanticConfig) -> float:
+    """The eps-dependent part of the boundary allowance: ``scale · √(2·eps)`` (times ``‖c_a − c_b‖``)."""
+    return cfg.boundary_scale * math.sqrt(2.0 * cfg.eps)
 
 
 # --------------------------------------------------------------------------- per partition
@@ -251,39 +263,69 @@ def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return out
 
 
-def _assign_boundary(x: np.ndarray, centroids: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(nearest, second)`` centroid per row; ``second`` is -1 unless its cosine is within
-    ``margin`` of the nearest. Decisions closer than ``_TIE`` to a tie or to the margin are
-    re-made in float64, so they never depend on how rows were batched."""
+def _boundary_core(
+    sims: np.ndarray, centroids: np.ndarray, margin: float, radius: float, m: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(first, copy_row, copy_cluster, unsure)`` from a (rows × k) similarity matrix.
+
+    A row is copied to each of its ``m − 1`` next-nearest centroids ``j`` whose cosine is within
+    ``margin + radius·‖c_first − c_j‖`` of the nearest. ``unsure`` marks rows whose decisions are
+    closer than ``_TIE`` to a tie, to an allowance, or hit the cap of ``m − 1`` copies."""
+    n = len(sims)
+    rows = np.arange(n)
+    idx = np.argpartition(-sims, m - 1, axis=1)[:, :m] if m < sims.shape[1] else np.tile(np.arange(m), (n, 1))
+    top = np.take_along_axis(sims, idx, axis=1)
+    fl = top.argmax(axis=1)
+    first = idx[rows, fl].astype(np.int32)
+    gap = top[rows, fl][:, None] - top
+    gap[rows, fl] = np.inf
+    unsure = gap.min(axis=1) < _TIE
+    r, c = np.nonzero(gap <= margin + 2.0 * radius + _TIE)  # 2·radius: the largest possible allowance
+    j = idx[r, c]
+    allowed = np.full(len(r), margin)
+    if radius > 0 and len(r):
+        # ‖c_f − c_j‖ row by row in float64: the same value whatever rows share the call
+        dot = (centroids[first[r]].astype(np.float64) * centroids[j].astype(np.float64)).sum(axis=1)
+        allowed = margin + radius * np.sqrt(np.maximum(2.0 - 2.0 * dot, 0.0))
+    g = gap[r, c].astype(np.float64)
+    take = g <= allowed
+    np.logical_or.at(unsure, r, np.abs(g - allowed) < _TIE)
+    if m < sims.shape[1]:
+        full = np.bincount(r[take], minlength=n) >= m - 1
+        unsure |= full
+    return first, r[take].astype(np.int64), j[take].astype(np.int32), unsure
+
+
+def _assign_boundary(
+    x: np.ndarray, centroids: np.ndarray, margin: float, radius: float = 0.0, candidates: int = 8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(nearest, copy_row, copy_cluster)``: every row's nearest centroid, and its boundary copies.
+
+    A row is also placed in each of its ``candidates`` next-nearest clusters ``j`` whose cosine
+    is within ``margin + radius·‖c_nearest − c_j‖`` of the nearest. Decisions closer than
+    ``_TIE`` to a tie or to an allowance are re-made in float64, so they never depend on how
+    rows were batched."""
     n, k = len(x), len(centroids)
-    if margin <= 0.0 or k < 2 or not n:
-        return _assign(x, centroids), np.full(n, -1, np.int32)
+    none = np.zeros(0, np.int64), np.zeros(0, np.int32)
+    if (margin <= 0.0 and radius <= 0.0) or k < 2 or not n:
+        return _assign(x, centroids), *none
     step = max(1, (1 << 24) // k)  # bound the (rows × k) similarity matrix (64 MiB per copy)
     if n > step:
-        out = [_assign_boundary(x[i : i + step], centroids, margin) for i in range(0, n, step)]
-        return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
-    sims = x @ centroids.T
-    m = min(3, k)
-    top = -np.partition(-sims, list(range(m)), axis=1)[:, :m]  # descending
-    gap = top[:, 0] - top[:, 1]
-    unsure = (gap < _TIE) | (np.abs(gap - margin) < _TIE)
-    if m == 3:
-        unsure |= (gap < margin + _TIE) & (top[:, 1] - top[:, 2] < _TIE)
-    first = sims.argmax(axis=1).astype(np.int32)
-    sims[np.arange(n), first] = -np.inf
-    second = sims.argmax(axis=1).astype(np.int32)
-    second[gap > margin] = -1
-    rows = np.nonzero(unsure)[0]
-    if len(rows):
-        s64 = x[rows].astype(np.float64) @ centroids.T.astype(np.float64)
-        f = s64.argmax(axis=1)
-        best = s64[np.arange(len(rows)), f]
-        s64[np.arange(len(rows)), f] = -np.inf
-        sec = s64.argmax(axis=1)
-        close = best - s64[np.arange(len(rows)), sec] <= margin
-        first[rows] = f
-        second[rows] = np.where(close, sec, -1)
-    return first, second
+        out = [_assign_boundary(x[i : i + step], centroids, margin, radius, candidates) for i in range(0, n, step)]
+        return (np.concatenate([o[0] for o in out]),
+                np.concatenate([o[1] + i for o, i in zip(out, range(0, n, step), strict=True)]),
+                np.concatenate([o[2] for o in out]))
+    m = min(k, candidates + 1)
+    first, cr, cc, unsure = _boundary_core(x @ centroids.T, centroids, margin, radius, m)
+    redo = np.nonzero(unsure)[0]
+    if len(redo):
+        f64, r64, c64, _ = _boundary_core(x[redo].astype(np.float64) @ centroids.T.astype(np.float64),
+                                          centroids, margin, radius, m)
+        first[redo] = f64
+        keep = ~unsure[cr]
+        cr, cc = np.r_[cr[keep], redo[r64]], np.r_[cc[keep], c64]
+    order = np.lexsort((cc, cr))
+    return first, cr[order], cc[order].astype(np.int32)
 
 
 def _assign_part(pdf: Any, i: int, centroids: np.ndarray, n_buckets: int, ck: Checkpoint, cfg: SemanticConfig) -> dict:
@@ -306,11 +348,10 @@ def _assign_part(pdf: Any, i: int, centroids: np.ndarray, n_buckets: int, ck: Ch
             f"expected {centroids.shape[1]} (the length k-means was fit on). Every row needs an embedding from the "
             "same model: recompute them, or mark the odd rows as errors first."
         )
-    first, second = _assign_boundary(x, centroids, cfg.boundary_margin)
-    copy = np.nonzero(second >= 0)[0]
+    first, copy, copy_cid = _assign_boundary(x, centroids, cfg.boundary_margin, _radius(cfg), BOUNDARY_CANDIDATES)
     n_rows = len(keys)
     rows = np.r_[np.arange(n_rows), copy]  # every row once in its primary cluster, plus boundary copies
-    cid = np.r_[first, second[copy]].astype(np.int32)
+    cid = np.r_[first, copy_cid].astype(np.int32)
     prim = first[rows]
     bucket = cid % n_buckets
     d = x.shape[1] if x.ndim == 2 else 0
@@ -737,7 +778,7 @@ def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clusterin
     n_buckets = max(1, min(len(centroids), math.ceil(n_rows / ROWS_PER_BUCKET)))
     assign_cfg = {"fit": fit.hash, "centroids": hashlib.sha256(centroids.tobytes()).hexdigest()[:16],
                   "npartitions": ddf.npartitions, "n_buckets": n_buckets, "score_column": cfg.score_column,
-                  "boundary_margin": cfg.boundary_margin}
+                  "boundary_margin": cfg.boundary_margin, "boundary_radius": _radius(cfg)}
     ck = Checkpoint(root, "assign", assign_cfg)
     cent = dask.delayed(centroids)
     tasks = [dask.delayed(_assign_part)(p, i, cent, n_buckets, ck, cfg) for i, p in enumerate(ddf.to_delayed())]
@@ -919,6 +960,7 @@ def semantic_duplicates(
     similarity: Similarity = "auto",
     embedding_column: str = EMBEDDING,
     boundary_margin: float | None = None,
+    boundary_scale: float | None = None,
 ) -> pd.DataFrame:
     """Near-duplicate groups by cosine similarity of embeddings, within k-means clusters.
 
@@ -987,11 +1029,13 @@ def semantic_duplicates(
     >>> t[["key", "is_survivor", "matched_key"]].values.tolist()
     [['a', True, 'b'], ['b', False, 'a']]
     """
+    margin, scale = _resolve_boundary(boundary_margin, boundary_scale, mode)
     cfg = SemanticConfig(
         eps=float(eps), n_clusters=n_clusters, sample_fraction=float(sample_fraction), max_fit_rows=int(max_fit_rows),
         policy=policy, score_column=score_column, mode=mode, max_cluster_size=int(max_cluster_size), backend=backend,
         max_iter=int(max_iter), seed=int(seed), block_size=int(block_size), similarity=similarity,
-        embedding_column=embedding_column, boundary_margin=_resolve_margin(boundary_margin, mode),
+        embedding_column=embedding_column,
+        boundary_margin=margin, boundary_scale=scale,
     )
     cfg.validate()
     import dask
@@ -1022,6 +1066,7 @@ def semantic_duplicates(
         "excluded": cl.excluded,
         "boundary_rows": cl.boundary_rows,
         "boundary_margin": cfg.boundary_margin,
+        "boundary_scale": cfg.boundary_scale,
         "eps": cfg.eps,
         "mode": cfg.mode,
         "policy": cfg.policy,
@@ -1049,6 +1094,7 @@ def eps_sweep(
     similarity: Similarity = "auto",
     embedding_column: str = EMBEDDING,
     boundary_margin: float | None = None,
+    boundary_scale: float | None = None,
 ) -> pd.DataFrame:
     """Fraction of rows semantic dedup would remove at each eps, on a sample of clusters.
 
@@ -1084,11 +1130,13 @@ def eps_sweep(
     [0, 1]
     """
     eps_arr = np.asarray(sorted(float(e) for e in eps_values), dtype=np.float64)
+    margin, scale = _resolve_boundary(boundary_margin, boundary_scale, "components")
     cfg = SemanticConfig(
         eps=float(eps_arr.max()), n_clusters=n_clusters, sample_fraction=float(sample_fraction),
         max_fit_rows=int(max_fit_rows), policy=policy, score_column=score_column, max_cluster_size=int(max_cluster_size),
         backend=backend, max_iter=int(max_iter), seed=int(seed), block_size=int(block_size), similarity=similarity,
-        embedding_column=embedding_column, boundary_margin=_resolve_margin(boundary_margin, "components"),
+        embedding_column=embedding_column,
+        boundary_margin=margin, boundary_scale=scale,
     )
     cfg.validate()
     import dask

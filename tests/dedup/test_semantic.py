@@ -230,8 +230,10 @@ def test_boundary_copies_find_pairs_that_straddle_clusters():
     hard = semantic_duplicates(df, boundary_margin=0.0, **kw)
     # without boundary copies x~y is lost: {x, z} and {w, y} are two groups, one per cluster
     assert sorted(map(sorted, hard.groupby("group_id")["key"].apply(list))) == [["w", "y"], ["x", "z"]]
-    soft = semantic_duplicates(df, **kw)  # default margin 0.002 in components mode
-    assert soft.attrs["boundary_margin"] == 0.002 and soft.attrs["boundary_rows"] >= 2
+    soft = semantic_duplicates(df, **kw)  # components default: copies within 0.25·√(2·eps)·‖c_a − c_b‖
+    assert soft.attrs["boundary_scale"] == 0.25 and soft.attrs["boundary_rows"] >= 2
+    fixed = semantic_duplicates(df, boundary_margin=0.002, **kw)  # the fixed cosine margin still works
+    assert fixed.attrs["boundary_scale"] == 0.0 and fixed["group_id"].nunique() == 1
     # one group across both clusters, every key once, one survivor (the smallest key)
     assert sorted(soft["key"]) == ["w", "x", "y", "z"] and soft["group_id"].nunique() == 1
     assert soft.loc[soft.is_survivor, "key"].tolist() == ["w"]
@@ -242,7 +244,7 @@ def test_boundary_copies_find_pairs_that_straddle_clusters():
     # NeMo's rule keeps its hard assignment: boundary copies are ignored even when written
     for margin in (None, 0.002):
         nemo = semantic_duplicates(df, mode="nemo_curator", boundary_margin=margin, **kw)
-        assert nemo.attrs["boundary_rows"] == (0 if margin is None else soft.attrs["boundary_rows"])
+        assert nemo.attrs["boundary_rows"] == (0 if margin is None else fixed.attrs["boundary_rows"])
         assert set(nemo.loc[~nemo.is_survivor, "key"]) == {"y", "z"}  # x and w rank first; x~y is not seen
         assert sorted(map(sorted, nemo.groupby("group_id")["key"].apply(list))) == [["w", "y"], ["x", "z"]]
     # the sweep merges forests across clusters the same way
@@ -340,3 +342,18 @@ def test_embeddings_of_different_lengths_are_refused():
     b = _frame(np.eye(4, 6, dtype=np.float32), list("efgh"))
     with pytest.raises(ValueError, match=r"embeddings of different dimensions|length 6, expected 8"):
         semantic_duplicates(dd.concat([dd.from_pandas(a, npartitions=1), dd.from_pandas(b, npartitions=1)]), n_clusters=1)
+
+
+def test_boundary_allowance_follows_eps_on_anisotropic_data():
+    # duplicates offset along the directions k-means cuts: a fixed cosine margin misses pairs
+    # across boundaries, the eps-scaled allowance finds them all (0.5 is the sound value)
+    df = planted_embeddings(10000, d=64, n_centers=2, axes=4, partition_rows=5000, cosine=0.995).compute()
+    truth = planted_pairs(df["key"])
+    recall = {}
+    for name, kw in {"hard": {"boundary_margin": 0.0}, "fixed": {"boundary_margin": 0.002}, "default": {},
+                     "sound": {"boundary_scale": 0.5}}.items():
+        t = semantic_duplicates(df, eps=0.01, n_clusters=10, **kw)
+        precision, recall[name] = pair_scores(t, truth)
+        assert precision == 1.0
+    assert recall["hard"] < 0.97 and recall["fixed"] < 0.97
+    assert recall["default"] >= 0.99 and recall["sound"] == 1.0
