@@ -35,6 +35,7 @@ from nemo_frames.dedup._table import (
     finish_dup_table,
     group_min_key,
     group_survivors,
+    key_rank,
     rank_order,
 )
 from nemo_frames.schema import KEY, PHASH
@@ -452,7 +453,8 @@ def perceptual_duplicates(
     surv = group_survivors(lab, rank)
 
     # nearest neighbour: another row with the same hash (distance 0), else the closest hash
-    o = np.lexsort((keys.astype(str), ginv))  # by hash, then key
+    krank = key_rank(keys)
+    o = np.lexsort((krank, ginv))  # by hash, then key
     hs = ginv[o]
     pos = np.arange(len(o))
     start = np.maximum.accumulate(np.where(np.r_[True, hs[1:] != hs[:-1]], pos, 0))
@@ -461,7 +463,12 @@ def perceptual_duplicates(
     same = np.empty(len(keys), dtype=object)
     same[o] = np.where(pos == start, second, first)  # another row with the identical hash
     mult = np.bincount(ginv)[ginv]
-    min_key_of_hash = pd.Series(keys, dtype=object).groupby(ginv).min()
+    # the smallest key of each hash, on integer key ranks (a string groupby-min runs in Python)
+    kord = np.argsort(krank)
+    best = np.full(int(ginv.max()) + 1, len(keys), np.int64)
+    np.minimum.at(best, ginv, krank)
+    has = best < len(keys)
+    min_key_of_hash = pd.Series(keys[kord[best[has]]], index=np.nonzero(has)[0], dtype=object)
     src = np.concatenate([ia, ib])
     dst = np.concatenate([ib, ia])
     dd_ = np.concatenate([dist, dist])
