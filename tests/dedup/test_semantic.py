@@ -357,3 +357,24 @@ def test_boundary_allowance_follows_eps_on_anisotropic_data():
         assert precision == 1.0
     assert recall["hard"] < 0.97 and recall["fixed"] < 0.97
     assert recall["default"] >= 0.99 and recall["sound"] == 1.0
+
+
+def test_curate_dedup_records_invalid_embeddings_in_the_ledger(tmp_path):
+    # the dedup stage of curate (pipeline._dedup) on a scored table with bad embeddings
+    from nemo_frames.config import config_from_dict
+    from nemo_frames.ledger import counts
+    from nemo_frames.pipeline import ScorePlan, _dedup
+
+    x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    x[1] = x[0]  # a duplicate
+    x[2] = 0.0
+    x[3, 5] = np.nan
+    df = _frame(x, [f"k{i}" for i in range(8)])
+    cfg = config_from_dict({"input": {"urls": "a.tar"}, "output": str(tmp_path / "o"),
+                            "dedup": {"semantic": {"eps": 0.01, "n_clusters": 1}}})
+    table, info = _dedup(cfg, dd.from_pandas(df, npartitions=2), ScorePlan(kwargs={}), [], None,
+                         upstream="test", overwrite=True)
+    out = table.compute().set_index("key")
+    assert counts(out.reset_index())["errors_by_code"] == {"invalid_embedding": 2}
+    assert out.loc[["k2", "k3"], "nf_error"].str.startswith("invalid_embedding: column 'embedding'").all()
+    assert info["semantic"] == 1 and out.loc["k1", "nf_status"] == "filtered"
