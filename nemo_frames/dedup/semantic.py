@@ -7,13 +7,15 @@ Passes (each checkpointed, so a killed run resumes where it stopped):
    is fit on it (faiss or scikit-learn on CPU, cuML on GPU). The sample does not depend on the
    partitioning, so neither do the centroids.
 2. **assign** – every input partition assigns its rows to the nearest centroid (cosine) and
-   writes them, grouped into buckets of clusters, as Parquet files. A row whose second-nearest
-   centroid is within ``boundary_margin`` cosine of the nearest is also written, as a
-   *boundary copy*, to that second cluster (its primary cluster is recorded). No Dask shuffle
+   writes them, grouped into buckets of clusters, as Parquet files. A row is also written, as a
+   *boundary copy*, to each of its next-nearest clusters within ``boundary_margin +
+   boundary_scale·√(2·eps)·‖c_a − c_b‖`` cosine of its nearest (its primary cluster is
+   recorded). No Dask shuffle
    of the embedding column ever happens (DESIGN §6); a bucket is a plain set of files.
 3. **pairs** – one task per bucket reads its files and processes one cluster at a time: cosine
    similarity in row blocks (BLAS or torch, upper triangle only), edges where similarity
-   ``≥ 1 − eps``, connected components. Clusters larger than ``max_cluster_size`` (boundary
+   ``≥ 1 − eps`` folded into connected components block by block. Bit-identical rows are
+   collapsed to one vector first. Clusters larger than ``max_cluster_size`` (boundary
    copies included) are split by recursive 2-means first. One result file and one done marker
    per cluster.
 4. **merge** (``components`` only) – the per-cluster components are joined across clusters on
@@ -967,8 +969,10 @@ def semantic_duplicates(
     Parameters
     ----------
     df : pandas or Dask DataFrame
-        With ``key`` and ``embedding`` (``list<float32>``); only ``nf_status == 'ok'`` rows
-        with a finite, non-zero embedding take part (embeddings are L2-normalised here).
+        With ``key`` and ``embedding`` (``list<float32>``, one length for all rows: checked);
+        only ``nf_status == 'ok'`` rows with a finite, non-zero embedding take part
+        (embeddings are L2-normalised here; :func:`mark_invalid_embeddings` records the
+        others in the ledger). Bit-identical embeddings count once for the pairwise work.
     eps : float
         Rows are near-duplicates when cosine similarity ``≥ 1 − eps`` (larger eps removes more).
         Choose it with :func:`eps_sweep`.
@@ -1001,13 +1005,16 @@ def semantic_duplicates(
         Matrix engine for the similarity blocks; ``auto`` = torch on a GPU when present, else numpy.
     embedding_column : str
         Name of the embedding column.
-    boundary_margin : float, optional
-        A row whose second-nearest centroid is within this cosine of the nearest is also
-        compared inside that second cluster, so near-duplicates split by a k-means boundary are
-        found; groups are then merged across clusters. Default ``0.002`` for ``components``
-        (measured on the 768-d planted benchmark at 1M rows: recall 0.959 -> 0.99996 for +30%
-        rows compared) and ``0`` for ``nemo_curator``, which ignores boundary copies in any case
-        (NeMo's hard assignment). ``0`` turns it off.
+    boundary_margin, boundary_scale : float, optional
+        Boundary copies: a row is also compared inside each of its 8 next-nearest clusters ``j``
+        whose cosine is within ``boundary_margin + boundary_scale·√(2·eps)·‖c_nearest − c_j‖``
+        of its nearest, so near-duplicates split by a k-means boundary are found; groups are
+        then merged across clusters. ``boundary_scale`` 0.5 is sound (every pair within eps
+        meets in a cluster, docs/operators/dedup.md); the default for ``components`` is
+        ``boundary_scale=0.25`` (anisotropic planted benchmark: recall 0.959 hard → 1.000 for
+        +18% rows at 50k) and no copies for ``nemo_curator``, which ignores them in any case
+        (NeMo's hard assignment). Passing only ``boundary_margin`` (the fixed cosine gap of
+        earlier versions) turns the scale off; both ``0`` turn copies off.
 
     Returns
     -------
@@ -1103,7 +1110,8 @@ def eps_sweep(
     gives every smaller eps: a maximum spanning forest of the edges for ``components`` (each
     forest edge above a threshold removes one row; forests of all clusters are merged on the
     key, since boundary copies link clusters) and the earlier-ranked maximum among primary
-    rows for ``nemo_curator``. ``boundary_margin`` defaults to the ``components`` value.
+    rows for ``nemo_curator``. ``boundary_margin`` / ``boundary_scale`` default to the
+    ``components`` values.
 
     Parameters
     ----------
