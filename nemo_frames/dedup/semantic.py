@@ -693,19 +693,34 @@ def sweep_cluster(
     thr = (1.0 - eps_values).astype(np.float32)
     prim = np.ones(len(keys), bool) if primary is None else np.asarray(primary, bool)
     value = _rank_values(x, score, centroid, cfg, primary_centroids)
-    rem_n = np.zeros(len(eps_values), np.int64)
-    fi, fj, fs = [], [], []
-    for piece in _cluster_pieces(keys, x, value, cfg):
-        i, j, s, _, _ = pair_pass(x[piece], thr_min, block_size=cfg.block_size, earlier_max=False, similarity=cfg.similarity)
+    keys = np.asarray(keys, dtype=object)
+    rows = np.lexsort((np.argsort(np.argsort(keys, kind="stable"), kind="stable"), value))  # rank order
+    # bit-identical rows: one vector for the pairwise work (as in dedup_cluster); each other row
+    # hangs off its set's best-ranked row by a cosine-1 forest edge
+    reps, inv = _identical(x[rows])
+    rep_rows = rows[reps]
+    copy = np.nonzero(reps[inv] != np.arange(len(rows)))[0]
+    fi, fj, fs = [rep_rows[inv[copy]]], [rows[copy]], [np.ones(len(copy), np.float32)]
+    # NeMo's quantity among primary rows: a primary row with an identical earlier-ranked primary
+    # row is removed at every eps; the first primary row of each set (rank ``fp``) compares with
+    # the primary rows of other sets ranked before it
+    pr = prim[rows]
+    fp = np.full(len(reps), len(rows), np.int64)
+    np.minimum.at(fp, inv[pr], np.nonzero(pr)[0])
+    n_prim = np.bincount(inv[pr], minlength=len(reps))
+    rem_n = np.full(len(eps_values), int(np.maximum(n_prim - 1, 0).sum()), np.int64)
+    for piece in _cluster_pieces(keys[rep_rows], x[rep_rows], value[rep_rows], cfg):
+        i, j, s, _, _ = pair_pass(x[rep_rows[piece]], thr_min, block_size=cfg.block_size, earlier_max=False,
+                                  similarity=cfg.similarity)
         a, b, w = _spanning_forest(len(piece), i, j, s)
-        fi.append(piece[a])
-        fj.append(piece[b])
+        fi.append(rep_rows[piece[a]])
+        fj.append(rep_rows[piece[b]])
         fs.append(w)
-        # NeMo's quantity among primary rows: the best earlier-ranked (i < j) primary neighbour
-        pp = prim[piece]
-        both = pp[i] & pp[j]
+        fa, fb = fp[piece[i]], fp[piece[j]]
+        both = (fa < len(rows)) & (fb < len(rows))
+        later = np.where(fa < fb, j, i)[both]  # the set whose first primary row comes later
         best = np.full(len(piece), -np.inf, np.float32)
-        np.maximum.at(best, j[both], s[both])
+        np.maximum.at(best, later, s[both])
         rem_n += (best[None, :] >= thr[:, None]).sum(axis=1)
     forest = (_cat(fi, np.int64), _cat(fj, np.int64), _cat(fs, np.float32))
     return int(prim.sum()), forest, rem_n

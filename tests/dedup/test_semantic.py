@@ -283,6 +283,10 @@ def test_identical_embeddings_collapse_to_one_survivor(mode):
     assert t.loc[t.is_survivor, "key"].tolist() == ["n0"]  # the best score wins, exactly one survivor
     copies = t.set_index("key").loc[[f"s{i:04d}" for i in range(1, 3000)]]
     assert (copies["matched_key"] == "s0000").all() and (copies["max_similarity"] == 1.0).all()
+    # the sweep collapses them the same way and counts what the dedup removes
+    sweep = eps_sweep(_frame(x, keys, aesthetic_score=score), [0.01], sample_clusters=None, n_clusters=1,
+                      max_cluster_size=500, policy="max_score", score_column="aesthetic_score", block_size=64)
+    assert sweep[f"removed_{mode}"].item() == (~t.is_survivor).sum() == 3001
 
 
 def test_link_pass_matches_the_edge_list():
