@@ -306,6 +306,11 @@ def test_link_pass_matches_the_edge_list():
     np.fill_diagonal(full, -np.inf)
     np.testing.assert_allclose(nns, full.max(axis=1), atol=1e-6)
     np.testing.assert_allclose(full[np.arange(len(x)), nn], nns, atol=1e-6)  # nn is the row that gives it
+    pytest.importorskip("torch")
+    lt, _, nt, bt, _ = link_pass(x, 0.75, block_size=100, similarity="torch")
+    assert pd.crosstab(ref, lt).gt(0).sum(axis=1).eq(1).all() and len(np.unique(lt)) == len(np.unique(ref))
+    np.testing.assert_allclose(nt, nns, atol=1e-5)
+    np.testing.assert_allclose(bt, best, atol=1e-5)
 
 
 def test_invalid_embeddings_are_recorded_and_skipped():
