@@ -747,7 +747,7 @@ def _check_columns(df: Any, cfg: SemanticConfig, stage: str) -> None:
 
 @dataclass
 class _Clustering:
-    root: Path
+    root: Path  # the assign stage directory (bucket files)
     centroids: np.ndarray
     sizes: np.ndarray
     n_buckets: int
@@ -796,7 +796,10 @@ def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clusterin
     assign_cfg = {"fit": fit.hash, "centroids": hashlib.sha256(centroids.tobytes()).hexdigest()[:16],
                   "npartitions": ddf.npartitions, "n_buckets": n_buckets, "score_column": cfg.score_column,
                   "boundary_margin": cfg.boundary_margin, "boundary_radius": _radius(cfg)}
-    ck = Checkpoint(root, "assign", assign_cfg)
+    # the boundary allowance depends on eps when scaled: eps_sweep (largest eps) and the dedup
+    # then keep their assignments side by side in one work directory, sharing the fit
+    stage = "assign" if _radius(cfg) == 0 else f"assign-r{_radius(cfg):.6g}"
+    ck = Checkpoint(root, stage, assign_cfg)
     cent = dask.delayed(centroids)
     tasks = [dask.delayed(_assign_part)(p, i, cent, n_buckets, ck, cfg) for i, p in enumerate(ddf.to_delayed())]
     infos = dask.compute(*tasks)
@@ -806,7 +809,7 @@ def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clusterin
             sizes[int(c)] += v
     timings["assign_s"] = time.perf_counter() - t0
     boundary = sum(int(info.get("boundary", 0)) for info in infos)
-    return _Clustering(root, centroids, sizes, n_buckets, int(sizes.sum()) - boundary, int(excluded), boundary, ck.hash,
+    return _Clustering(ck.dir, centroids, sizes, n_buckets, int(sizes.sum()) - boundary, int(excluded), boundary, ck.hash,
                        timings)
 
 
@@ -843,8 +846,8 @@ class _Bucket:
                 "primary": prim == self.cid[sl], "primary_centroids": centroids[prim]}
 
 
-def _read_bucket(root: Path, b: int, clusters: Sequence[int]) -> _Bucket:
-    files = sorted((root / "assign" / f"bucket-{b:05d}").glob("part-*.parquet"))
+def _read_bucket(assign_dir: Path, b: int, clusters: Sequence[int]) -> _Bucket:
+    files = sorted((assign_dir / f"bucket-{b:05d}").glob("part-*.parquet"))
     table = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
     if table is None or table.num_rows == 0:
         z = np.zeros(0, np.int32)
