@@ -788,6 +788,7 @@ def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clusterin
         k = max(1, min(int(k), len(x)))
         centroids = np.asarray(nfb.to_host(_fit(ddf, x, k, cfg)), np.float32)
         centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+        centroids = _distinct_centroids(centroids)
         fit.write_npy_atomic(centroids, "centroids")
         fit.mark_done("centroids", {"rows": int(n_rows), "excluded": int(excluded), "k": len(centroids), "fit_rows": len(x)})
     timings["fit_s"] = time.perf_counter() - t0 - timings.get("sample_s", 0.0)
@@ -811,6 +812,19 @@ def _cluster(df: Any, cfg: SemanticConfig, root: Path, stage: str) -> _Clusterin
     boundary = sum(int(info.get("boundary", 0)) for info in infos)
     return _Clustering(ck.dir, centroids, sizes, n_buckets, int(sizes.sum()) - boundary, int(excluded), boundary, ck.hash,
                        timings)
+
+
+def _distinct_centroids(c: np.ndarray, tol: float = 1e-5) -> np.ndarray:
+    """Drop centroids within ``tol`` cosine of an earlier one.
+
+    k-means on many identical rows returns k copies of one point (up to float noise); every row
+    would then tie between all of them and be copied to each as a boundary copy."""
+    dup = np.zeros(len(c), bool)
+    for i0 in range(0, len(c), 1024):
+        s = c[i0 : i0 + 1024] @ c[: i0 + 1024].T  # each row against the rows before it
+        s[np.arange(s.shape[1])[None, :] >= (i0 + np.arange(len(s)))[:, None]] = -1.0
+        dup[i0 : i0 + 1024] = (s >= 1.0 - tol).any(axis=1)
+    return np.ascontiguousarray(c[~dup])
 
 
 def _fit(ddf: Any, x: np.ndarray, k: int, cfg: SemanticConfig) -> Any:
