@@ -388,3 +388,12 @@ def test_curate_dedup_records_invalid_embeddings_in_the_ledger(tmp_path):
     assert counts(out.reset_index())["errors_by_code"] == {"invalid_embedding": 2}
     assert out.loc[["k2", "k3"], "nf_error"].str.startswith("invalid_embedding: column 'embedding'").all()
     assert info["semantic"] == 1 and out.loc["k1", "nf_status"] == "filtered"
+
+
+def test_identical_rows_get_one_centroid_and_no_boundary_copies():
+    # k-means on copies of one vector returns k copies of one point (float noise apart): without
+    # dropping them every row would tie between all and be copied to each
+    x = np.repeat(np.random.default_rng(2).standard_normal((1, 32)).astype(np.float32), 2000, 0)
+    t = semantic_duplicates(_frame(x, [f"k{i:04d}" for i in range(2000)]), eps=0.01, n_clusters=8)
+    assert t.attrs["n_clusters"] == 1 and t.attrs["boundary_rows"] == 0
+    assert t["is_survivor"].sum() == 1 and len(t) == 2000
