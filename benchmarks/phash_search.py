@@ -8,8 +8,9 @@ the same pairs, then times ours alone at 1M.
     python benchmarks/phash_search.py --big            # skip the large runs
     python benchmarks/phash_search.py --n 0 --big 1000000   # 1M only
 
-CPU is user+system seconds of this process during the step (> wall: both threads busy); peak RSS is
-the process's high-water mark after the step (so it includes earlier, smaller steps).
+CPU is user+system seconds of this process during the step (> wall: both threads busy; imagededup
+computes in worker processes, which this does not count); peak RSS is the process's high-water mark
+after the step (so it includes earlier, smaller steps).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def main() -> None:
             encoding_map=enc, max_distance_threshold=t, search_method="brute_force_cython", num_dist_workers=args.threads))
         t_ref = rows[-1][2]
         ref_pairs = {tuple(sorted((a, b))) for a, ds in ref.items() for b in ds}
+        rows[-1] = (*rows[-1][:-1], len(ref_pairs))  # its result is a dict per image: count the pairs
         for method in ("brute", "auto"):
             got = timed(f"nemo_frames hamming_pairs ({method})", args.n,
                         lambda m=method: hamming_pairs(h, threshold=t, method=m, n_threads=args.threads))
