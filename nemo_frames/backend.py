@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from dask.utils import Dispatch
 
 from nemo_frames.schema import EMBEDDING_TYPE
@@ -39,14 +40,34 @@ def _to_matrix_pandas(s: pd.Series, dim: int | None = None) -> np.ndarray:
         )
     if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type)):
         raise TypeError(f"column {s.name!r}: expected list<float32>, found {arr.type}")
-    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     n = len(s)
-    if flat.size % n:
-        raise ValueError(f"column {s.name!r}: rows have different lengths (expected one dimension for all rows)")
-    out = flat.reshape(n, -1)
+    if pa.types.is_fixed_size_list(arr.type):
+        width = arr.type.list_size
+    else:
+        # every row's own length: a total that happens to divide evenly must not be reshaped
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        width = int(lengths[0])
+        bad = np.nonzero(lengths != width)[0]
+        if len(bad) or (dim is not None and width != dim):
+            _raise_lengths(s.name, lengths, dim)
+    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    out = flat.reshape(n, width)
     if dim is not None and out.shape[1] != dim:
         raise ValueError(f"column {s.name!r}: expected dimension {dim}, found {out.shape[1]}")
     return np.ascontiguousarray(out)
+
+
+def _raise_lengths(name: Any, lengths: np.ndarray, dim: int | None) -> None:
+    """Name the column, the expected length and the rows that differ (with their lengths)."""
+    vals, counts = np.unique(lengths, return_counts=True)
+    expected = int(dim) if dim is not None else int(vals[np.argmax(counts)])
+    bad = np.nonzero(lengths != expected)[0]
+    found = ", ".join(f"{int(v)} ({int(c)} rows)" for v, c in zip(vals, counts, strict=True) if v != expected)
+    raise ValueError(
+        f"column {name!r}: every embedding must have the same length; expected {expected}, found {found} "
+        f"(first bad row position {int(bad[0])}). Fix: recompute those embeddings with one model, or mark "
+        "the odd rows as errors (nf_status = 'error') before semantic dedup."
+    )
 
 
 @from_matrix.register(np.ndarray)
@@ -83,6 +104,9 @@ def _register_cudf_to_matrix() -> None:
     def _to_matrix_cudf(s: Any, dim: int | None = None) -> Any:
         if s.null_count:
             raise ValueError(f"column {s.name!r}: {s.null_count} rows have no embedding")
+        lengths = s.list.len().values
+        if len(s) and bool((lengths != lengths[0]).any()):
+            _raise_lengths(s.name, lengths.get(), dim)
         out = s.list.leaves.values.reshape(len(s), -1)
         if dim is not None and out.shape[1] != dim:
             raise ValueError(f"column {s.name!r}: expected dimension {dim}, found {out.shape[1]}")
@@ -241,7 +265,8 @@ def _components_scipy(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
     from scipy.sparse import coo_array
     from scipy.sparse.csgraph import connected_components as cc
 
-    graph = coo_array((np.ones(len(src), np.int8), (src, dst)), shape=(n, n)).tocsr()
+    # float weights: repeated edges are summed, and 256 repeats of an int8 1 would wrap to a 0 (no edge)
+    graph = coo_array((np.ones(len(src), np.float32), (src, dst)), shape=(n, n)).tocsr()
     return cc(graph, directed=False, connection="weak", return_labels=True)[1]
 
 

@@ -550,6 +550,8 @@ def _dedup(
             assert sem is not None
             skw = {"n_clusters": sem.n_clusters, "policy": sem.policy, "score_column": d.score_column,
                    "checkpoint_dir": _semantic_workdir(cfg, out_dir, upstream, overwrite=overwrite)}
+            # null / NaN / zero embeddings cannot be compared: record them instead of leaving them ok
+            table = dd_mod.mark_invalid_embeddings(table)
             dup = dd_mod.semantic_duplicates(table, eps=sem.eps, mode=sem.mode, **skw)
             if sem.sweep:
                 try:

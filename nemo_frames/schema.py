@@ -95,6 +95,7 @@ class ErrorCode(str, enum.Enum):
     UNSUPPORTED_FORMAT = "unsupported_format"
     MODEL_ERROR = "model_error"
     MATERIALIZE_ERROR = "materialize_error"
+    INVALID_EMBEDDING = "invalid_embedding"  # null, NaN/inf or zero-norm embedding: semantic dedup cannot compare it
 
 
 def error_text(code: ErrorCode | str, message: str) -> str:

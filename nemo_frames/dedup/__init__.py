@@ -10,7 +10,7 @@ from __future__ import annotations
 from nemo_frames.dedup._table import DUP_COLUMNS, drop_duplicates, summary
 from nemo_frames.dedup.exact import exact_duplicates
 from nemo_frames.dedup.perceptual import hamming_pairs, perceptual_duplicates, phash_image
-from nemo_frames.dedup.semantic import eps_sweep, semantic_duplicates
+from nemo_frames.dedup.semantic import eps_sweep, mark_invalid_embeddings, semantic_duplicates
 
 __all__ = [
     "DUP_COLUMNS",
@@ -18,6 +18,7 @@ __all__ = [
     "eps_sweep",
     "exact_duplicates",
     "hamming_pairs",
+    "mark_invalid_embeddings",
     "perceptual_duplicates",
     "phash_image",
     "semantic_duplicates",

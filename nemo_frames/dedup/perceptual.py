@@ -35,6 +35,7 @@ from nemo_frames.dedup._table import (
     finish_dup_table,
     group_min_key,
     group_survivors,
+    key_rank,
     rank_order,
 )
 from nemo_frames.schema import KEY, PHASH
@@ -191,20 +192,33 @@ def _verified(a: np.ndarray, c: np.ndarray, x: np.ndarray, blocks: list[Block], 
     return a, c
 
 
-def _search_block(u: np.ndarray, blocks: list[Block], i: int, patterns: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs within distance ``t`` whose block ``i`` values differ by one of ``patterns``."""
-    b = blocks[i]
+@dataclass
+class _Prepared:
+    """One block's sorted index, shared read-only by the threads that search its patterns."""
+
+    order: np.ndarray
+    sv: np.ndarray
+    su: np.ndarray
+    cnt: np.ndarray | None
+    off: np.ndarray | None
+    table: np.ndarray | None
+    width: int
+
+
+def _prepare_block(u: np.ndarray, b: Block) -> _Prepared:
     vals = _block_values(u, b)
     order = np.argsort(vals, kind="stable")
     sv, su = vals[order], u[order]
     n = len(u)
+    cnt = off = table = None
+    width = 0
     if b.width <= 24:
         cnt = np.bincount(sv, minlength=1 << b.width)
         off = np.concatenate(([0], np.cumsum(cnt)))
-    dense = b.width <= 24 and n >= 4 << b.width  # runs long enough for the padded table
-    if dense:
+    if b.width <= 24 and n >= 4 << b.width:  # runs long enough for the padded table
         # A padded (value, slot) table of the first R hashes of every run: the partners of a
         # query are then one row, verified with a broadcast XOR instead of a ragged expansion.
+        assert cnt is not None and off is not None
         nonempty = cnt[cnt > 0]
         width = int(np.clip(np.quantile(nonempty, 0.99) if len(nonempty) else 1, 1, 64))
         width = max(1, min(width, (1 << 25) // (1 << b.width)))
@@ -212,6 +226,18 @@ def _search_block(u: np.ndarray, blocks: list[Block], i: int, patterns: np.ndarr
         table = np.zeros((1 << b.width, width), dtype=np.uint64)
         fits = slot < width
         table[sv[fits], slot[fits]] = su[fits]
+    return _Prepared(order, sv, su, cnt, off, table, width)
+
+
+def _search_block(
+    u: np.ndarray, blocks: list[Block], i: int, patterns: np.ndarray, t: int, prep: _Prepared | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs within distance ``t`` whose block ``i`` values differ by one of ``patterns``."""
+    b = blocks[i]
+    pr = prep if prep is not None else _prepare_block(u, b)
+    order, sv, su, cnt, off, table, width = pr.order, pr.sv, pr.su, pr.cnt, pr.off, pr.table, pr.width
+    n = len(u)
+    dense = table is not None
     pos = np.arange(n)
     out_a, out_b = [], []
 
@@ -233,7 +259,7 @@ def _search_block(u: np.ndarray, blocks: list[Block], i: int, patterns: np.ndarr
         keep = target > sv  # each unordered pair once
         q, target = pos[keep], target[keep]
         if not dense:
-            if b.width <= 24:
+            if cnt is not None and off is not None:
                 start, count = off[target], cnt[target]
             else:
                 start = np.searchsorted(sv, target, side="left")
@@ -241,13 +267,16 @@ def _search_block(u: np.ndarray, blocks: list[Block], i: int, patterns: np.ndarr
             for a, c in _expand(q, start, count, _CHUNK):
                 emit(a, c)
             continue
+        assert cnt is not None and off is not None and table is not None
         count = cnt[target]
         nz = count > 0
         q, target, count = q[nz], target[nz], count[nz]
         step = max(1, _CHUNK // width)
         for lo in range(0, len(q), step):
             qq, tt = q[lo : lo + step], target[lo : lo + step]
-            r, k = np.nonzero(np.bitwise_count(su[qq][:, None] ^ table[tt]) <= t)
+            x = table[tt]  # a fresh gather: XOR and count in place (fewer temporaries, GIL released)
+            np.bitwise_xor(x, su[qq][:, None], out=x)
+            r, k = np.nonzero(np.bitwise_count(x) <= t)
             real = k < count[lo : lo + step][r]  # padding slots hold 0, not a hash
             r, k = r[real], k[real]
             if len(r):
@@ -333,10 +362,15 @@ def hamming_pairs(
     elif blocks is None:
         a, b = _brute(u, t)
     else:
-        units = [(i, p) for i, blk in enumerate(blocks) for p in np.array_split(blk.patterns(), max(1, _n_patterns(blk) // 64))]
         threads = n_threads or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(threads) as ex:
-            parts = list(ex.map(lambda ip: _search_block(u, blocks, ip[0], ip[1], t), units))
+            # each block's index is built once (in parallel) and shared; its patterns are then
+            # searched in small units so every thread stays busy to the end (numpy releases the GIL)
+            preps = list(ex.map(lambda blk: _prepare_block(u, blk), blocks))
+            units = [(i, p) for i, blk in enumerate(blocks)
+                     for p in np.array_split(blk.patterns(), max(1, min(_n_patterns(blk) // 8, 4 * threads)))]
+            units.sort(key=lambda ip: -len(ip[1]))
+            parts = list(ex.map(lambda ip: _search_block(u, blocks, ip[0], ip[1], t, preps[ip[0]]), units))
         a = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
         b = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
@@ -452,7 +486,8 @@ def perceptual_duplicates(
     surv = group_survivors(lab, rank)
 
     # nearest neighbour: another row with the same hash (distance 0), else the closest hash
-    o = np.lexsort((keys.astype(str), ginv))  # by hash, then key
+    krank = key_rank(keys)
+    o = np.lexsort((krank, ginv))  # by hash, then key
     hs = ginv[o]
     pos = np.arange(len(o))
     start = np.maximum.accumulate(np.where(np.r_[True, hs[1:] != hs[:-1]], pos, 0))
@@ -461,7 +496,12 @@ def perceptual_duplicates(
     same = np.empty(len(keys), dtype=object)
     same[o] = np.where(pos == start, second, first)  # another row with the identical hash
     mult = np.bincount(ginv)[ginv]
-    min_key_of_hash = pd.Series(keys, dtype=object).groupby(ginv).min()
+    # the smallest key of each hash, on integer key ranks (a string groupby-min runs in Python)
+    kord = np.argsort(krank)
+    best = np.full(int(ginv.max()) + 1, len(keys), np.int64)
+    np.minimum.at(best, ginv, krank)
+    has = best < len(keys)
+    min_key_of_hash = pd.Series(keys[kord[best[has]]], index=np.nonzero(has)[0], dtype=object)
     src = np.concatenate([ia, ib])
     dst = np.concatenate([ib, ia])
     dd_ = np.concatenate([dist, dist])

@@ -3,6 +3,13 @@
 Rows are unit vectors around ``n_centers`` random centres; a fraction of them get one planted
 copy at an exact cosine (``x' = c·x + √(1−c²)·z`` with ``z ⊥ x``). Partitions are generated
 lazily and deterministically, so a million rows never need to sit in memory at once.
+
+Isotropic blobs (the default) are the easy case for k-means-bucketed dedup: a random offset
+``z`` is nearly orthogonal to every centroid difference in 768 dimensions, so few planted pairs
+straddle a k-means boundary. Real embeddings vary along a few directions, and k-means cuts
+along exactly those. ``axes > 0`` gives every centre that many principal directions carrying
+``axis_weight`` of the spread, and ``aligned`` puts that fraction of each duplicate's offset
+(by energy) along its centre's directions: the hard case for boundary recall.
 """
 
 from __future__ import annotations
@@ -26,16 +33,29 @@ def planted_partition(
     cosine: float,
     spread: float,
     seed: int,
+    axes: int = 0,
+    axis_weight: float = 0.9,
+    aligned: float = 0.5,
 ) -> pd.DataFrame:
     """Partition ``p``: ``rows`` base rows (keys ``b<p>-<i>``) plus their planted copies (``c<p>-<i>``)."""
     centers = _centers(n_centers, d, seed)
     rng = np.random.default_rng([seed, p])
     which = rng.integers(0, n_centers, rows)
-    x = centers[which] + rng.standard_normal((rows, d), dtype=np.float32) * np.float32(spread / math.sqrt(d))
+    noise = rng.standard_normal((rows, d), dtype=np.float32)
+    if axes:
+        ax = _axes(n_centers, axes, d, seed)  # (centres, axes, d), unit rows
+        g = rng.standard_normal((rows, axes), dtype=np.float32)
+        along = np.einsum("na,nad->nd", g, ax[which]) * np.float32(math.sqrt(d / axes))
+        noise = np.float32(math.sqrt(1.0 - axis_weight)) * noise + np.float32(math.sqrt(axis_weight)) * along
+    x = centers[which] + noise * np.float32(spread / math.sqrt(d))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     n_dup = round(rows * dup_fraction)
     src = rng.choice(rows, n_dup, replace=False) if n_dup else np.zeros(0, np.int64)
     z = rng.standard_normal((n_dup, d), dtype=np.float32)
+    if axes and n_dup:
+        za = np.einsum("na,nad->nd", rng.standard_normal((n_dup, axes), dtype=np.float32), ax[which[src]])
+        z = (np.float32(math.sqrt(1.0 - aligned)) * z / np.linalg.norm(z, axis=1, keepdims=True)
+             + np.float32(math.sqrt(aligned)) * za / np.linalg.norm(za, axis=1, keepdims=True))
     base = x[src]
     z -= (z * base).sum(axis=1, keepdims=True) * base  # orthogonal to the original
     z /= np.linalg.norm(z, axis=1, keepdims=True)
@@ -54,6 +74,11 @@ def _centers(n: int, d: int, seed: int) -> np.ndarray:
     return c / np.linalg.norm(c, axis=1, keepdims=True)
 
 
+def _axes(n: int, k: int, d: int, seed: int) -> np.ndarray:
+    a = np.random.default_rng([seed, 2**31 + 1]).standard_normal((n, k, d), dtype=np.float32)
+    return a / np.linalg.norm(a, axis=2, keepdims=True)
+
+
 def planted_embeddings(
     n: int,
     *,
@@ -64,11 +89,16 @@ def planted_embeddings(
     cosine: float = 0.995,
     spread: float = 1.5,
     seed: int = 0,
+    axes: int = 0,
+    axis_weight: float = 0.9,
+    aligned: float = 0.5,
 ) -> Any:
     """A lazy Dask frame of about ``n`` rows (``key``, ``aesthetic_score``, ``embedding``).
 
     About ``n / (1 + dup_fraction)`` base rows, each planted copy at cosine ``cosine`` to its
     original. The planted pairs are ``(b<p>-<i>, c<p>-<i>)``: see :func:`planted_pairs`.
+    ``axes``, ``axis_weight``, ``aligned``: anisotropic blobs and duplicates offset along them
+    (module docstring); ``axes=0`` is isotropic.
 
     Examples
     --------
@@ -81,7 +111,8 @@ def planted_embeddings(
     base_total = round(n / (1.0 + dup_fraction))
     parts = max(1, math.ceil(base_total / partition_rows))
     sizes = [base_total // parts + (1 if i < base_total % parts else 0) for i in range(parts)]
-    kw = {"d": d, "n_centers": n_centers, "dup_fraction": dup_fraction, "cosine": cosine, "spread": spread, "seed": seed}
+    kw = {"d": d, "n_centers": n_centers, "dup_fraction": dup_fraction, "cosine": cosine, "spread": spread, "seed": seed,
+          "axes": axes, "axis_weight": axis_weight, "aligned": aligned}
     meta = planted_partition(0, rows=0, **kw)
     return dd.from_map(lambda a: planted_partition(a[0], rows=a[1], **kw), list(enumerate(sizes)), meta=meta,
                        enforce_metadata=False)

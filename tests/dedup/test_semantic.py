@@ -125,9 +125,9 @@ def test_oversized_clusters_are_split(planted):
     assert t.attrs["split_clusters"] == 1
     _, recall = pair_scores(t, planted_pairs(planted["key"]))
     assert recall >= 0.9  # pairs cut by a split are lost; most survive
-    # identical rows cannot be split by 2-means: the fallback still bounds every piece
-    same = _frame(np.ones((300, 8), np.float32), [f"k{i:03d}" for i in range(300)])
-    t = semantic_duplicates(same, n_clusters=1, max_cluster_size=100)
+    # near-identical rows defeat 2-means: the fallback still bounds every piece
+    near = np.ones((300, 8), np.float32) + np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32) * 1e-4
+    t = semantic_duplicates(_frame(near, [f"k{i:03d}" for i in range(300)]), n_clusters=1, max_cluster_size=100)
     assert t.groupby("group_id").size().max() <= 100 and t["is_survivor"].sum() >= 3
 
 
@@ -154,7 +154,8 @@ def test_checkpoint_resume_and_refusal(planted, tmp_path):
     for p in done[:2]:
         p.unlink()
     (pairs / ".nf-tmp-dead-cluster-000001.parquet").write_bytes(b"partial")
-    (tmp_path / "assign" / "part-000000.done").unlink()
+    (assign,) = tmp_path.glob("assign*")  # one assign stage (its name carries the eps-scaled allowance)
+    (assign / "part-000000.done").unlink()
     again = semantic_duplicates(planted, **kw)
     pd.testing.assert_frame_equal(again, ref)
     assert not list(tmp_path.rglob(".nf-tmp-*"))
@@ -230,8 +231,10 @@ def test_boundary_copies_find_pairs_that_straddle_clusters():
     hard = semantic_duplicates(df, boundary_margin=0.0, **kw)
     # without boundary copies x~y is lost: {x, z} and {w, y} are two groups, one per cluster
     assert sorted(map(sorted, hard.groupby("group_id")["key"].apply(list))) == [["w", "y"], ["x", "z"]]
-    soft = semantic_duplicates(df, **kw)  # default margin 0.002 in components mode
-    assert soft.attrs["boundary_margin"] == 0.002 and soft.attrs["boundary_rows"] >= 2
+    soft = semantic_duplicates(df, **kw)  # components default: copies within 0.25·√(2·eps)·‖c_a − c_b‖
+    assert soft.attrs["boundary_scale"] == 0.25 and soft.attrs["boundary_rows"] >= 2
+    fixed = semantic_duplicates(df, boundary_margin=0.002, **kw)  # the fixed cosine margin still works
+    assert fixed.attrs["boundary_scale"] == 0.0 and fixed["group_id"].nunique() == 1
     # one group across both clusters, every key once, one survivor (the smallest key)
     assert sorted(soft["key"]) == ["w", "x", "y", "z"] and soft["group_id"].nunique() == 1
     assert soft.loc[soft.is_survivor, "key"].tolist() == ["w"]
@@ -242,7 +245,7 @@ def test_boundary_copies_find_pairs_that_straddle_clusters():
     # NeMo's rule keeps its hard assignment: boundary copies are ignored even when written
     for margin in (None, 0.002):
         nemo = semantic_duplicates(df, mode="nemo_curator", boundary_margin=margin, **kw)
-        assert nemo.attrs["boundary_rows"] == (0 if margin is None else soft.attrs["boundary_rows"])
+        assert nemo.attrs["boundary_rows"] == (0 if margin is None else fixed.attrs["boundary_rows"])
         assert set(nemo.loc[~nemo.is_survivor, "key"]) == {"y", "z"}  # x and w rank first; x~y is not seen
         assert sorted(map(sorted, nemo.groupby("group_id")["key"].apply(list))) == [["w", "y"], ["x", "z"]]
     # the sweep merges forests across clusters the same way
@@ -261,3 +264,136 @@ def test_boundary_results_do_not_depend_on_partitioning(planted):
     _, recall = pair_scores(ref, planted_pairs(planted["key"]))
     hard = semantic_duplicates(planted, eps=0.01, n_clusters=6, boundary_margin=0.0)
     assert recall >= pair_scores(hard, planted_pairs(planted["key"]))[1]
+
+
+@pytest.mark.parametrize("mode", ["components", "nemo_curator"])
+def test_identical_embeddings_collapse_to_one_survivor(mode):
+    # 3,000 copies of one vector (plus two near copies and unrelated rows), split limit 500:
+    # identical rows are one vector for the pairwise work, so the group is neither split nor quadratic
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal(16).astype(np.float32)
+    near = v + rng.standard_normal((2, 16)).astype(np.float32) * 1e-3
+    other = rng.standard_normal((40, 16)).astype(np.float32)
+    x = np.vstack([np.repeat(v[None], 3000, 0), near, other])
+    keys = [f"s{i:04d}" for i in range(3000)] + ["n0", "n1"] + [f"u{i:02d}" for i in range(40)]
+    score = np.r_[np.zeros(3000), 1.0, 0.5, np.zeros(40)]
+    t = semantic_duplicates(_frame(x, keys, aesthetic_score=score), eps=0.01, n_clusters=1, max_cluster_size=500,
+                            mode=mode, policy="max_score", score_column="aesthetic_score", block_size=64)
+    group = t[t["key"].str.startswith(("s", "n"))]
+    assert len(group) == 3002 and group["group_id"].nunique() == 1 and t.attrs["split_clusters"] == 0
+    assert t.loc[t.is_survivor, "key"].tolist() == ["n0"]  # the best score wins, exactly one survivor
+    copies = t.set_index("key").loc[[f"s{i:04d}" for i in range(1, 3000)]]
+    assert (copies["matched_key"] == "s0000").all() and (copies["max_similarity"] == 1.0).all()
+    # the sweep collapses them the same way and counts what the dedup removes
+    sweep = eps_sweep(_frame(x, keys, aesthetic_score=score), [0.01], sample_clusters=None, n_clusters=1,
+                      max_cluster_size=500, policy="max_score", score_column="aesthetic_score", block_size=64)
+    assert sweep[f"removed_{mode}"].item() == (~t.is_survivor).sum() == 3001
+
+
+def test_link_pass_matches_the_edge_list():
+    from nemo_frames.backend import connected_components, to_matrix
+    from nemo_frames.dedup.semantic import link_pass
+
+    x = to_matrix(planted_embeddings(900, d=16, partition_rows=900, n_centers=3).compute()["embedding"])
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    i, j, _, best, arg = pair_pass(x, 0.75, block_size=100, similarity="numpy")
+    labels, nn, nns, best2, arg2 = link_pass(x, 0.75, block_size=100, similarity="numpy")
+    ref = connected_components(i, j, len(x))
+    assert 5 < len(np.unique(ref)) < len(x) - 200  # many links, so the check means something
+    assert pd.crosstab(ref, labels).gt(0).sum(axis=1).eq(1).all() and len(np.unique(labels)) == len(np.unique(ref))
+    np.testing.assert_array_equal(best, best2)
+    np.testing.assert_array_equal(arg, arg2)
+    full = x @ x.T
+    np.fill_diagonal(full, -np.inf)
+    np.testing.assert_allclose(nns, full.max(axis=1), atol=1e-6)
+    np.testing.assert_allclose(full[np.arange(len(x)), nn], nns, atol=1e-6)  # nn is the row that gives it
+    pytest.importorskip("torch")
+    lt, _, nt, bt, _ = link_pass(x, 0.75, block_size=100, similarity="torch")
+    assert pd.crosstab(ref, lt).gt(0).sum(axis=1).eq(1).all() and len(np.unique(lt)) == len(np.unique(ref))
+    np.testing.assert_allclose(nt, nns, atol=1e-5)
+    np.testing.assert_allclose(bt, best, atol=1e-5)
+
+
+def test_invalid_embeddings_are_recorded_and_skipped():
+    from nemo_frames.dedup import mark_invalid_embeddings
+    from nemo_frames.ledger import counts
+
+    x = np.eye(5, 8, dtype=np.float32)
+    x[1] = 0.0
+    x[2, 3] = np.nan
+    x[3, 0] = np.inf
+    df = _frame(x, list("abcde"))
+    emb = df["embedding"].copy()
+    emb.iloc[4] = None
+    df["embedding"] = emb
+    df = pd.concat([df, _frame(np.eye(2, 8, dtype=np.float32), ["f", "g"])], ignore_index=True)
+    out = mark_invalid_embeddings(dd.from_pandas(df, npartitions=2)).compute().set_index("key")
+    assert out.loc[["b", "c", "d", "e"], "nf_status"].eq("error").all()
+    assert out.loc[["a", "f", "g"], "nf_status"].eq("ok").all()
+    assert out.loc["b", "nf_error"].startswith("invalid_embedding: column 'embedding' is all zeros")
+    assert "NaN or inf" in out.loc["c", "nf_error"] and "NaN or inf" in out.loc["d", "nf_error"]
+    assert out.loc["e", "nf_error"] == "invalid_embedding: column 'embedding' is null"
+    assert counts(out.reset_index())["errors_by_code"] == {"invalid_embedding": 4}
+    # semantic dedup itself skips them (and counts them), whether or not they were marked
+    assert semantic_duplicates(df, n_clusters=1).attrs["excluded"] == 4
+
+
+def test_embeddings_of_different_lengths_are_refused():
+    import pyarrow as pa
+
+    rows = [np.full(767, 0.1, np.float32), np.full(769, 0.1, np.float32)]  # total 1536 = 2 x 768
+    emb = pd.Series(pa.array(rows, pa.list_(pa.float32())), dtype=pd.ArrowDtype(pa.list_(pa.float32())))
+    df = pd.DataFrame({"key": ["a", "b"], "embedding": emb})
+    with pytest.raises(ValueError, match=r"column 'embedding': every embedding must have the same length; "
+                                         r"expected 767, found 769 \(1 rows\)"):
+        semantic_duplicates(df, n_clusters=1)
+    # across partitions too: k-means was fit on one length, a later partition has another
+    a = _frame(np.eye(4, 8, dtype=np.float32), list("abcd"))
+    b = _frame(np.eye(4, 6, dtype=np.float32), list("efgh"))
+    with pytest.raises(ValueError, match=r"embeddings of different dimensions|length 6, expected 8"):
+        semantic_duplicates(dd.concat([dd.from_pandas(a, npartitions=1), dd.from_pandas(b, npartitions=1)]), n_clusters=1)
+
+
+def test_boundary_allowance_follows_eps_on_anisotropic_data():
+    # duplicates offset along the directions k-means cuts: a fixed cosine margin misses pairs
+    # across boundaries, the eps-scaled allowance finds them all (0.5 is the sound value)
+    df = planted_embeddings(6000, d=64, n_centers=1, axes=4, partition_rows=6000, cosine=0.995).compute()
+    truth = planted_pairs(df["key"])
+    recall = {}
+    for name, kw in {"hard": {"boundary_margin": 0.0}, "fixed": {"boundary_margin": 0.002}, "default": {},
+                     "sound": {"boundary_scale": 0.5}}.items():
+        t = semantic_duplicates(df, eps=0.01, n_clusters=8, **kw)
+        precision, recall[name] = pair_scores(t, truth)
+        assert precision == 1.0
+    assert recall["hard"] < 0.97 and recall["fixed"] < 0.97
+    assert recall["default"] >= 0.99 and recall["sound"] == 1.0
+
+
+def test_curate_dedup_records_invalid_embeddings_in_the_ledger(tmp_path):
+    # the dedup stage of curate (pipeline._dedup) on a scored table with bad embeddings
+    from nemo_frames.config import config_from_dict
+    from nemo_frames.ledger import counts
+    from nemo_frames.pipeline import ScorePlan, _dedup
+
+    x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    x[1] = x[0]  # a duplicate
+    x[2] = 0.0
+    x[3, 5] = np.nan
+    df = _frame(x, [f"k{i}" for i in range(8)])
+    cfg = config_from_dict({"input": {"urls": "a.tar"}, "output": str(tmp_path / "o"),
+                            "dedup": {"semantic": {"eps": 0.01, "n_clusters": 1}}})
+    table, info = _dedup(cfg, dd.from_pandas(df, npartitions=2), ScorePlan(kwargs={}), [], None,
+                         upstream="test", overwrite=True)
+    out = table.compute().set_index("key")
+    assert counts(out.reset_index())["errors_by_code"] == {"invalid_embedding": 2}
+    assert out.loc[["k2", "k3"], "nf_error"].str.startswith("invalid_embedding: column 'embedding'").all()
+    assert info["semantic"] == 1 and out.loc["k1", "nf_status"] == "filtered"
+
+
+def test_identical_rows_get_one_centroid_and_no_boundary_copies():
+    # k-means on copies of one vector returns k copies of one point (float noise apart): without
+    # dropping them every row would tie between all and be copied to each
+    x = np.repeat(np.random.default_rng(2).standard_normal((1, 32)).astype(np.float32), 2000, 0)
+    t = semantic_duplicates(_frame(x, [f"k{i:04d}" for i in range(2000)]), eps=0.01, n_clusters=8)
+    assert t.attrs["n_clusters"] == 1 and t.attrs["boundary_rows"] == 0
+    assert t["is_survivor"].sum() == 1 and len(t) == 2000
