@@ -43,7 +43,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -383,6 +383,30 @@ def _torch_device() -> str:
     return "cuda" if nfb.gpu_available() else "cpu"
 
 
+def _upper_blocks(x: np.ndarray, block_size: int, similarity: Similarity) -> Iterator[tuple[int, Any]]:
+    """``(i0, x[i0:i1] @ x[i0:].T)`` block by block, the diagonal and below set to ``-inf``.
+
+    A torch tensor (on the GPU when there is one) with ``similarity="torch"`` or on a CUDA machine,
+    else a numpy array. Memory is ``O(block_size · n)``.
+    """
+    n = len(x)
+    if similarity == "torch" or (similarity == "auto" and nfb.cuda_device_present()):
+        import torch
+
+        xt = torch.from_numpy(np.ascontiguousarray(x)).to(_torch_device())
+        for i0 in range(0, n, block_size):
+            b = min(n, i0 + block_size) - i0
+            st = xt[i0 : i0 + b] @ xt[i0:].T
+            st[:, :b] = st[:, :b].masked_fill(torch.ones(b, b, dtype=torch.bool, device=st.device).tril(), float("-inf"))
+            yield i0, st
+        return
+    for i0 in range(0, n, block_size):
+        b = min(n, i0 + block_size) - i0
+        s = x[i0 : i0 + b] @ x[i0:].T
+        s[:, :b][np.tril(np.ones((b, b), dtype=bool))] = -np.inf
+        yield i0, s
+
+
 def pair_pass(
     x: np.ndarray, threshold: float, *, block_size: int = 1024, earlier_max: bool = True, similarity: Similarity = "auto"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -393,24 +417,14 @@ def pair_pass(
     NeMo Curator quantity. Memory is ``O(block_size · n)``.
     """
     n = len(x)
-    use_torch = similarity == "torch" or (similarity == "auto" and nfb.cuda_device_present())
     best = np.full(n, -np.inf, np.float32)
     arg = np.full(n, -1, np.int64)
     ei, ej, es = [], [], []
-    if use_torch:
-        import torch
-
-        dev = _torch_device()
-        xt = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
     thr = np.float32(threshold)
-    for i0 in range(0, n, block_size):
-        i1 = min(n, i0 + block_size)
-        b = i1 - i0
-        if use_torch:
-            s = xt[i0:i1] @ xt[i0:].T
-            s[:, :b] = s[:, :b].masked_fill(
-                torch.ones(b, b, dtype=torch.bool, device=s.device).tril(), float("-inf")
-            )
+    for i0, s in _upper_blocks(x, block_size, similarity):
+        if not isinstance(s, np.ndarray):  # a torch tensor, on the GPU when there is one
+            import torch
+
             if earlier_max:
                 m, a = s.max(dim=0)
                 m, a = m.cpu().numpy(), a.cpu().numpy()
@@ -418,8 +432,6 @@ def pair_pass(
             sv = s[r, c].cpu().numpy()
             r, c = r.cpu().numpy(), c.cpu().numpy()
         else:
-            s = x[i0:i1] @ x[i0:].T
-            s[:, :b][np.tril(np.ones((b, b), dtype=bool))] = -np.inf
             if earlier_max:
                 a = s.argmax(axis=0)
                 m = s[a, np.arange(s.shape[1])]
@@ -459,35 +471,27 @@ def link_pass(
     smaller index; ``-1`` / ``-inf`` when none) and the NeMo quantity of :func:`pair_pass`.
     """
     n = len(x)
-    use_torch = similarity == "torch" or (similarity == "auto" and nfb.cuda_device_present())
     labels = np.arange(n, dtype=np.int64)
     nns = np.full(n, -np.inf, np.float32)
     nn = np.full(n, -1, np.int64)
     best = np.full(n, -np.inf, np.float32)
     arg = np.full(n, -1, np.int64)
-    if use_torch:
-        import torch
-
-        xt = torch.from_numpy(np.ascontiguousarray(x)).to(_torch_device())
     thr = np.float32(threshold)
-    for i0 in range(0, n, block_size):
-        i1 = min(n, i0 + block_size)
-        b = i1 - i0
-        if use_torch:
-            st = xt[i0:i1] @ xt[i0:].T
-            st[:, :b] = st[:, :b].masked_fill(torch.ones(b, b, dtype=torch.bool, device=st.device).tril(), float("-inf"))
-            cm, ca = (t.cpu().numpy() for t in st.max(dim=0))
-            rm, ra = (t.cpu().numpy() for t in st.max(dim=1))
-            r, c = (t.cpu().numpy() for t in torch.nonzero(st >= float(thr), as_tuple=True))
+    for i0, s in _upper_blocks(x, block_size, similarity):
+        i1 = i0 + s.shape[0]
+        if not isinstance(s, np.ndarray):  # a torch tensor
+            import torch
+
+            cm, ca = (t.cpu().numpy() for t in s.max(dim=0))
+            rm, ra = (t.cpu().numpy() for t in s.max(dim=1))
+            r, c = (t.cpu().numpy() for t in torch.nonzero(s >= float(thr), as_tuple=True))
         else:
-            s = x[i0:i1] @ x[i0:].T
-            s[:, :b][np.tril(np.ones((b, b), dtype=bool))] = -np.inf
             ca = s.argmax(axis=0)
             cm = s[ca, np.arange(s.shape[1])]
             ra = s.argmax(axis=1)
-            rm = s[np.arange(b), ra]
+            rm = s[np.arange(s.shape[0]), ra]
             r, c = np.nonzero(s >= thr)
-            del s
+        del s
         # earlier rows first (column maxima), then later ones (row maxima): ties keep the smaller index
         _prefer(best[i0:], arg[i0:], cm, ca.astype(np.int64) + i0)
         _prefer(nns[i0:], nn[i0:], cm, ca.astype(np.int64) + i0)

@@ -261,6 +261,12 @@ class RunData:
             if n_bad == 0:  # files of `rows="ok"`: the drops live only beside them
                 off = self.con.execute("SELECT count(*) FROM items").fetchone()[0]
                 sql, params = self._item_select(drop_files, off)
+                # Clean `rows="ok"` files carry no ledger columns (nf_error, nf_input_position, ...): add
+                # the drops' extra columns, null for the kept rows, before appending the drops.
+                have = {r[0] for r in self.con.execute("DESCRIBE items").fetchall()}
+                for name, typ, *_ in self.con.execute(f"DESCRIBE {sql}", params).fetchall():
+                    if name not in have:
+                        self.con.execute(f"ALTER TABLE items ADD COLUMN {_q(name)} {typ}")
                 self.con.execute(f"INSERT INTO items BY NAME {sql}", params)
         self.item_columns = {r[0]: r[1] for r in self.con.execute("DESCRIBE items").fetchall()}
 
@@ -625,6 +631,7 @@ class RunData:
                            f"ORDER BY {_q(order)} NULLS FIRST, nf_row", [sample_id])
         if not items:
             raise ExploreError(f"no document with sample_id {sample_id[:80]!r}", 404)
+        items = _reading_order(items)
         # The document's own fields (url, page, passthrough columns) from its metadata row.
         skip = {"nf_row", "filename", "file_row_number", "nf_has_bytes", "binary_content", "text_content", "position",
                 "nf_input_position", "modality", "sample_id"}
@@ -678,3 +685,26 @@ class RunData:
 
     def close(self) -> None:
         self.con.close()
+
+
+def _reading_order(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Items in input order when kept rows lack ``nf_input_position`` (clean ``rows="ok"`` files).
+
+    The kept content items were renumbered 0..k−1 in their input order, and each drop keeps its input
+    position, so the kept items fill, in order, the input positions the drops do not take.
+    """
+    if "nf_input_position" not in (items[0] if items else {}):
+        return items
+    content = [it for it in items if (it.get("position") or 0) >= 0 or it.get("nf_input_position") is not None]
+    if not any(it.get("nf_input_position") is None and (it.get("position") or 0) >= 0 for it in content):
+        return items
+    taken = {it["nf_input_position"] for it in items if it.get("nf_input_position") is not None}
+    slot = 0
+    for it in sorted((it for it in items if it.get("nf_input_position") is None and (it.get("position") or 0) >= 0),
+                     key=lambda it: it["position"]):
+        while slot in taken:
+            slot += 1
+        it["nf_input_position"] = slot
+        slot += 1
+    return sorted(items, key=lambda it: (-1 if (it.get("position") or 0) < 0 and it.get("nf_input_position") is None
+                                         else it["nf_input_position"], it.get("nf_row") or 0))

@@ -252,13 +252,9 @@ def finish(f: Any) -> None:
 
 
 def _skip(f: CappedStream, n: int) -> int:
-    got = 0
-    while got < n:
-        b = f.read(min(1 << 20, n - got))
-        if not b:
-            break
-        got += len(b)
-    return got
+    from nemo_frames.io.tar import _skip as skip_forward
+
+    return skip_forward(f, n, False)  # a decompressing stream cannot seek: read forward
 
 
 def read_ranges_compressed(

@@ -349,6 +349,7 @@ class _ShardJob:
     members: tuple[str, ...] | None
     read_storage_options: dict[str, Any] | None
     on_error: str
+    ledger_columns: bool = False
 
 
 def _write_shard(job: _ShardJob, i: int, parts: list[dict[int, pd.DataFrame]]) -> dict[str, Any]:
@@ -437,7 +438,8 @@ def _write_shard(job: _ShardJob, i: int, parts: list[dict[int, pd.DataFrame]]) -
     files: dict[str, Any] = {f"{name}.tar": _tar_writer(plan)}
     if job.write_parquet:
         # Built lazily, after the tar is written: the tar's fsync (started by the committer) overlaps it.
-        files[f"{name}.parquet"] = lambda f: f.write(_parquet_bytes(pdf, kept, keys, plan, tar_url))
+        files[f"{name}.parquet"] = lambda f: f.write(_parquet_bytes(pdf, kept, keys, plan, tar_url,
+                                                                               ledger_columns=job.ledger_columns))
     if job.write_index:
         files[f"{name}.idx"] = dali_index(keys, plan)
     by_ext = Counter(e for b in blobs for e in b)
@@ -461,7 +463,8 @@ _NEW_LOCATORS = (KEY, SOURCE, IMAGE_MEMBER, IMAGE_OFFSET, IMAGE_SIZE, MEMBERS)
 _ORIG = (ORIG_KEY, ORIG_SOURCE, ORIG_IMAGE_MEMBER, ORIG_IMAGE_OFFSET)
 
 
-def _parquet_bytes(pdf: pd.DataFrame, kept: list[int], keys: list[str], plan: _Plan, tar_url: str) -> bytes:
+def _parquet_bytes(pdf: pd.DataFrame, kept: list[int], keys: list[str], plan: _Plan, tar_url: str, *,
+                   ledger_columns: bool = False) -> bytes:
     """The shard's Parquet file: the kept rows' columns with the new locators, the old ones as ``orig_*``.
 
     Columns: the input's (without ``image_bytes`` and old ``orig_*``) in their order, the locator
@@ -500,7 +503,7 @@ def _parquet_bytes(pdf: pd.DataFrame, kept: list[int], keys: list[str], plan: _P
     names: list[str] = []
     arrays: list[pa.Array] = []
     for c in pdf.columns:
-        if c == IMAGE_BYTES or c in _ORIG:
+        if c == IMAGE_BYTES or c in _ORIG or (not ledger_columns and c in (STATUS, ERROR, REASON)):
             continue
         names.append(str(c))
         arrays.append(new[c] if c in new else arrow_column(col(c), str(c)))
@@ -571,6 +574,7 @@ def write_webdataset(
     progress: bool = True,
     fsync: bool = True,
     checksum: Checksum = DEFAULT_CHECKSUM,
+    ledger_columns: bool = False,
 ) -> ExportResult:
     """Write the ``ok`` rows of a sample table as WebDataset shards + Parquet + stats.
 
@@ -591,6 +595,12 @@ def write_webdataset(
         Also write a DALI index ``{i:05d}.idx`` per shard.
     write_parquet : bool
         Write ``{i:05d}.parquet`` with the shard's metadata and new locators.
+    ledger_columns : bool
+        Keep ``nf_status`` / ``nf_error`` / ``nf_reason`` in the shards' Parquet. Off by default: every
+        exported row is ``ok``, the ledger lives in the run's ``table/``, ``_stats.json`` and
+        ``_errors.parquet``, and the shards are for other readers, which should see the data and the
+        user's fields, not our bookkeeping. ``nf_members`` (every member's offset in the new tar, a
+        locator) stays.
     storage_options : dict, optional
         fsspec options for ``path``.
     read_storage_options : dict, optional
@@ -667,6 +677,7 @@ def write_webdataset(
         "members": list(members) if members else None,
         "write_index": bool(write_index),
         "write_parquet": bool(write_parquet),
+        "ledger_columns": bool(ledger_columns),
         "input": {"rows_ok": total, "fingerprint": fp.hexdigest()[:16]},
     }
     committer = Committer(
@@ -690,6 +701,7 @@ def write_webdataset(
         members=tuple(members) if members else None,
         read_storage_options=read_opts,
         on_error=on_error,
+        ledger_columns=bool(ledger_columns),
     )
 
     # Pass 2: each output shard from the slices of the partitions that overlap it.

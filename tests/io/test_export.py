@@ -119,7 +119,8 @@ def test_export_writes_ok_rows_in_order_with_original_bytes(dataset, tmp_path):
             orig = ok.set_index("key").loc[row.orig_key]
             assert row.caption == orig.caption and row.url == orig.url and row.json == orig.json
             assert row.similarity == pytest.approx(orig.similarity) and row.orig_source == orig.source
-        assert (pq["nf_status"] == "ok").all()
+        # The shards are for other readers: no ledger columns (every row is ok); nf_members is a locator.
+        assert not {"nf_status", "nf_error", "nf_reason"} & set(pq.columns)
 
         idx = (out / f"{name}.idx").read_text().splitlines()
         assert idx[0] == f"v1.2 {len(pq)}"
@@ -578,3 +579,16 @@ def test_checksum_changes_markers_only_and_resume_mixes_algorithms(dataset, tmp_
     assert all(c.verify(n) == [] for n in markers) and digests(other) == default
     (other / f"{r.shards[-1]}.tar").write_bytes((other / f"{r.shards[-1]}.tar").read_bytes()[:-1] + b"\1")
     assert c.verify(r.shards[-1]) == [f"{r.shards[-1]}.tar: size/{checksum} differ from the marker"]
+
+
+def test_export_keeps_the_ledger_columns_only_when_asked(dataset, tmp_path):
+    _, frames = dataset
+    plain = write_webdataset(to_dask(frames), str(tmp_path / "plain"), samples_per_shard=50, progress=False)
+    kept = write_webdataset(to_dask(frames), str(tmp_path / "kept"), samples_per_shard=50, progress=False,
+                            ledger_columns=True)
+    a = pd.read_parquet(tmp_path / "plain" / f"{plain.shards[0]}.parquet")
+    b = pd.read_parquet(tmp_path / "kept" / f"{kept.shards[0]}.parquet")
+    assert "nf_status" not in a.columns and (b["nf_status"] == "ok").all()
+    assert list(a.columns) == [c for c in b.columns if c not in ("nf_status", "nf_error", "nf_reason")]
+    # Only the Parquet differs: the tars are byte-identical.
+    assert (tmp_path / "plain" / f"{plain.shards[0]}.tar").read_bytes() == (tmp_path / "kept" / f"{kept.shards[0]}.tar").read_bytes()
