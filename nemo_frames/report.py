@@ -349,7 +349,10 @@ def _batches(files: list[str], columns: list[str] | None = None, filter: Any = N
         return
     ds = pads.dataset(files, format="parquet")
     cols = None if columns is None else [c for c in columns if c in ds.schema.names]
-    for batch in ds.to_batches(columns=cols, filter=filter, batch_size=_BATCH_ROWS):
+    # No read-ahead: pyarrow's default buffers many batches of several files at once, which is the
+    # report's whole memory at a million rows (and more at a hundred million).
+    for batch in ds.to_batches(columns=cols, filter=filter, batch_size=_BATCH_ROWS, batch_readahead=0,
+                               fragment_readahead=0):
         if batch.num_rows:
             yield to_pandas(pa.Table.from_batches([batch]))
 
