@@ -302,11 +302,21 @@ class OwningClient(Client):
     A plain ``Client(cluster)`` leaves the cluster running when the client closes, so
     ``with get_client(...) as client:`` would leak its worker processes (each holding its
     loaded models) until the interpreter exits. Closing this client (``close()``, the end of
-    a ``with`` block, garbage collection) closes the cluster too.
+    a ``with`` block) closes the cluster too; a client that is only garbage-collected leaves its
+    cluster to the cluster's own finalizer.
     """
 
+    _collected = False
+
+    def __del__(self) -> None:
+        # From the garbage collector the cluster is left to its own finalizer: closing it here can run
+        # inside another cluster's start-up (a collection during LocalCluster.__init__) and deadlock on
+        # distributed's loop-runner lock.
+        self._collected = True
+        super().__del__()
+
     def close(self, timeout: Any = None) -> Any:  # type: ignore[override]
-        owned = self.cluster
+        owned = None if self._collected else self.cluster
         with _quiet_teardown():
             out = super().close() if timeout is None else super().close(timeout=timeout)
             if owned is not None:
