@@ -133,7 +133,7 @@ def _say(msg: str, *, quiet: bool = False) -> None:
         print(f"[nemo_frames] {msg}", file=sys.stderr, flush=True)
 
 
-def plan_score(cfg: PipelineConfig) -> ScorePlan:
+def plan_score(cfg: PipelineConfig, *, shards: list[str] | None = None) -> ScorePlan:
     """Decide which score operators run: CLIP and the heads are skipped (with a note) when their weights are missing.
 
     Examples
@@ -199,7 +199,7 @@ def plan_score(cfg: PipelineConfig) -> ScorePlan:
                 f"score.embedding_field: {sc.embedding_field!r} and score.clip both produce the embedding column; "
                 "set score.clip: null to use the precomputed vectors, or remove score.embedding_field"
             )
-        plan.sidecar_embedding = _sidecar_embedding_dim(cfg, sc.embedding_field)
+        plan.sidecar_embedding = _sidecar_embedding_dim(cfg, sc.embedding_field, shards)
         clip_off_why = f"the embedding column comes from the sidecar field {sc.embedding_field!r}"
     if "clip" not in kw:
         for col in (S.EMBEDDING, S.TEXT_EMBEDDING, S.CLIP_SCORE):
@@ -237,15 +237,20 @@ def plan_score(cfg: PipelineConfig) -> ScorePlan:
     return plan
 
 
-def _sidecar_embedding_dim(cfg: PipelineConfig, field_name: str) -> tuple[str, int]:
-    """``(field, dim)`` of the precomputed embeddings, the dimension read from the first shard's sidecars."""
-    from nemo_frames.io.urls import expand_urls
+def _sidecar_embedding_dim(cfg: PipelineConfig, field_name: str, shards: list[str] | None) -> tuple[str, int]:
+    """``(field, dim)`` of the precomputed embeddings, the dimension read from the first shards' sidecars.
+
+    ``shards``: the input already listed by the caller (``curate`` has it); listed here otherwise.
+    """
     from nemo_frames.models.precomputed import infer_dim
 
     so = cfg.input.storage_options or None
-    shards = expand_urls(cfg.input.urls, storage_options=so)
-    for s in shards[:3]:
-        dim = infer_dim(s.url, field_name, storage_options=so)
+    if shards is None:
+        from nemo_frames.io.urls import expand_urls
+
+        shards = [s.url for s in expand_urls(cfg.input.urls, storage_options=so)]
+    for url in shards[:3]:
+        dim = infer_dim(url, field_name, storage_options=so)
         if dim:
             return field_name, dim
     raise ConfigError(
@@ -322,19 +327,15 @@ def _scan(cfg: PipelineConfig) -> Any:
     return read_webdataset(cfg.input.urls, **kw)
 
 
-def _urls(cfg: PipelineConfig) -> list[str]:
-    """The input shards as ``url#size`` (a changed shard changes the checkpoint's config hash)."""
-    from nemo_frames.io.urls import expand_urls
-
-    return [f"{s.url}#{s.size}" for s in expand_urls(cfg.input.urls, storage_options=cfg.input.storage_options or None)]
-
-
 def _input_urls(cfg: PipelineConfig) -> list[str]:
-    """:func:`_urls`, with "nothing matched" as a :class:`ConfigError` naming ``input.urls``."""
-    from nemo_frames.io.urls import NoShardsFound
+    """The input shards as ``url#size`` (a changed shard changes the checkpoint's config hash).
+
+    "Nothing matched" is a :class:`ConfigError` naming ``input.urls``.
+    """
+    from nemo_frames.io.urls import NoShardsFound, expand_urls
 
     try:
-        return _urls(cfg)
+        return [f"{s.url}#{s.size}" for s in expand_urls(cfg.input.urls, storage_options=cfg.input.storage_options or None)]
     except NoShardsFound as exc:
         raise ConfigError(f"input.urls: {str(exc).removeprefix('read_webdataset: ')}") from None
 
@@ -703,7 +704,7 @@ def _curate(
             scanned = _scan(cfg)
         _say(f"scan: {len(urls)} shard(s) in {scanned.npartitions} partition(s)", quiet=not progress)
         with timer("plan"):
-            plan = plan_score(cfg)
+            plan = plan_score(cfg, shards=[u.rsplit("#", 1)[0] for u in urls])
         notes += plan.notes
         for n_ in plan.notes:
             _say(n_, quiet=not progress)

@@ -229,19 +229,40 @@ def thumbnails(
     return out
 
 
-def _thumb(blob: bytes, px: int) -> str | None:
+def jpeg_thumbnail(blob: bytes, px: int, *, quality: int = 80, draft_scale: int = 2,
+                   max_pixels: int | None = None) -> bytes | None:
+    """``blob`` decoded and re-encoded as a JPEG no larger than ``px``; None when it does not decode.
+
+    The decoder downscales JPEGs in the DCT domain first (``draft`` at ``draft_scale × px``), which
+    is what makes thumbnails of large photos cheap. ``max_pixels`` refuses larger images unread.
+    Shared by the report and the explorer.
+    """
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(blob)) as im:
-            im.draft("RGB", (px * 2, px * 2))  # DCT-domain downscale for JPEGs: fast on large photos
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                return None
+            im.draft("RGB", (px * draft_scale, px * draft_scale))
             im = im.convert("RGB")
             im.thumbnail((px, px))
             buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=80)
+            im.save(buf, format="JPEG", quality=quality)
     except Exception:  # a broken image shows as a grey box; its error is in the ledger
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def _thumb(blob: bytes, px: int) -> str | None:
+    jpg = jpeg_thumbnail(blob, px)
+    return None if jpg is None else "data:image/jpeg;base64," + base64.b64encode(jpg).decode("ascii")
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that puts ``part.2`` before ``part.10`` (the order Dask numbered the files in)."""
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 # --------------------------------------------------------------------------- page pieces
@@ -333,11 +354,9 @@ def _load_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def _table_files(run_dir: Path) -> list[str]:
-    import re
-
     files = [p for p in (run_dir / "table").glob("*.parquet") if not p.name.startswith((".", "_"))]
-    # part.2 before part.10: the table's partition order, so the report is the same from run to run.
-    return [str(p) for p in sorted(files, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])]
+    # The table's partition order, so the report is the same from run to run.
+    return [str(p) for p in sorted(files, key=lambda p: natural_key(p.name))]
 
 
 def _batches(files: list[str], columns: list[str] | None = None, filter: Any = None) -> Iterator[pd.DataFrame]:

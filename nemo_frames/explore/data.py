@@ -12,11 +12,9 @@ bytes are read from the ``source`` / offset / size of that row, which the run it
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nemo_frames import schema as S
+from nemo_frames.report import jpeg_thumbnail, natural_key
 
 Op = Literal[">=", ">", "<=", "<"]
 _OPS: tuple[str, ...] = (">=", ">", "<=", "<")
@@ -79,10 +78,6 @@ def _clean(v: Any) -> Any:
     if isinstance(v, int):
         return v if abs(v) < 2**53 else str(v)  # a 64-bit hash would lose digits as a JavaScript number
     return str(v)
-
-
-def _natural(name: str) -> list[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 @dataclass
@@ -142,22 +137,9 @@ def encode_image(blob: bytes, px: int) -> bytes | None:
     Re-encoding means the browser only ever receives a JPEG made here, never a member's raw bytes
     (which could be anything: HTML, SVG with scripts).
     """
-    from PIL import Image
-
     from nemo_frames.images.decode import DEFAULT_MAX_PIXELS
 
-    try:
-        with Image.open(io.BytesIO(blob)) as im:
-            if im.width * im.height > DEFAULT_MAX_PIXELS:
-                return None
-            im.draft("RGB", (px, px))  # DCT-domain downscale for JPEGs
-            im = im.convert("RGB")
-            im.thumbnail((px, px))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=85)
-            return buf.getvalue()
-    except Exception:  # a broken image: its error is in the ledger; the page shows a grey box
-        return None
+    return jpeg_thumbnail(blob, px, quality=85, draft_scale=1, max_pixels=DEFAULT_MAX_PIXELS)
 
 
 class RunData:
@@ -200,7 +182,7 @@ class RunData:
         self.thumbs = Thumbs()
         self._lock = threading.Lock()
         # Natural order (part.2 before part.10), so row numbers follow the partitions as written.
-        table_files = sorted((str(p) for p in (self.run_dir / "table").glob("*.parquet")), key=_natural)
+        table_files = sorted((str(p) for p in (self.run_dir / "table").glob("*.parquet")), key=natural_key)
         items_dir = Path(items).resolve() if items is not None else self.run_dir / "items"
         item_files = sorted(str(p) for p in items_dir.glob("*.parquet") if not p.name.endswith(".drops.parquet")) \
             if items_dir.is_dir() else []
