@@ -101,17 +101,25 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _skip(f: BinaryIO, n: int, seekable: bool) -> int:
-    """Skip ``n`` bytes; return how many were actually available."""
+def _skip(f: BinaryIO, n: int, seekable: bool, end: int | None = None) -> int:
+    """Skip ``n`` bytes; return how many were actually available.
+
+    ``end`` is the stream's length when the caller knows it: finding it here costs a
+    ``seek(0, 2)``, which also throws away the read buffer, on every member.
+    """
     if n <= 0:
         return 0
     if seekable:
         pos = f.tell()
         # Never seek past the end: a forged size (up to 2**95 in base-256) makes seek raise EINVAL, and
         # past-EOF seeks succeed silently anyway. Clamp to the end and report how much was there.
-        end = f.seek(0, 2)
-        f.seek(min(pos + n, end))
-        return min(n, end - pos)
+        if end is None:
+            end = f.seek(0, 2)
+        if pos + n <= end:
+            f.seek(n, 1)  # relative: inside the read buffer this is no system call
+            return n
+        f.seek(end)
+        return max(0, end - pos)
     got = 0
     while got < n:
         b = f.read(min(1 << 20, n - got))
@@ -119,6 +127,121 @@ def _skip(f: BinaryIO, n: int, seekable: bool) -> int:
             break
         got += len(b)
     return got
+
+
+_POSIX_MAGIC = b"ustar\x0000"
+_GNU_MAGIC = b"ustar  \x00"
+_REGULAR = (b"0", b"\x00")
+
+
+def _fast_header(header: bytes) -> tuple[str, int] | None:
+    """``(name, size)`` of a plain regular-file header, or None to let ``tarfile`` parse it.
+
+    ``TarInfo.frombuf`` costs ~30 µs a header (it decodes all 17 fields through Python helpers);
+    the scan needs two of them. This takes the common case only — a ustar / GNU regular file
+    whose octal size and unsigned checksum are valid — and gives everything else (links,
+    extended headers, base-256 numbers, signed checksums, bad headers) to ``frombuf``, so those
+    keep ``tarfile``'s exact behaviour and errors.
+    """
+    magic = header[257:265]
+    if header[156:157] not in _REGULAR or (magic != _POSIX_MAGIC and magic != _GNU_MAGIC):
+        return None
+    chk = header[148:156]
+    nul = chk.find(b"\x00")
+    try:
+        stored = int((chk if nul < 0 else chk[:nul]).strip() or b"0", 8)
+        raw = header[124:136]
+        nul = raw.find(b"\x00")
+        size = int((raw if nul < 0 else raw[:nul]).strip() or b"0", 8)
+    except ValueError:
+        return None
+    # The checksum counts its own 8-byte field as spaces (8 * 0x20 = 256).
+    if sum(header) - sum(chk) + 256 != stored:
+        return None
+    raw = header[:100]
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raw = raw[:nul]
+    if magic == _POSIX_MAGIC:
+        prefix = header[345:500]
+        nul = prefix.find(b"\x00")
+        if nul != 0:
+            raw = (prefix if nul < 0 else prefix[:nul]) + b"/" + raw
+    if raw.endswith(b"/"):
+        return None  # tarfile makes an AREGTYPE name ending in "/" a directory
+    return raw.decode("utf-8", "surrogateescape"), size
+
+
+_WINDOW = 256 << 10
+_SMALL_WINDOW = 16 << 10
+
+
+class _Window:
+    """Sequential reads and skips over a tar stream through a read-ahead window.
+
+    A scan of a shard of small images makes four file calls a member through a file object
+    (read the header, tell, seek, and the buffer refill); here a member whose header is inside
+    the window costs a slice, and a skip is arithmetic. After a skip far past the window (big
+    members) the next fill is small, so a scan still reads headers, not pixels. A stream that
+    cannot seek is read exactly as asked, with no read-ahead.
+    """
+
+    __slots__ = ("base", "buf", "end", "f", "pos", "seekable")
+
+    def __init__(self, f: BinaryIO, seekable: bool, pos: int, end: int | None) -> None:
+        self.f = f
+        self.seekable = seekable
+        self.pos = pos  # logical position of the next read
+        self.base = pos  # file position of buf[0]; the file object is at base + len(buf)
+        self.buf = b""
+        self.end = end
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes at the position (fewer only at the end of the stream)."""
+        i = self.pos - self.base
+        buf = self.buf
+        if i >= 0 and i + n <= len(buf):
+            self.pos += n
+            return buf[i : i + n]
+        head = buf[i:] if 0 <= i < len(buf) else b""
+        start = self.pos + len(head)
+        fend = self.base + len(buf)
+        gap = start - fend
+        if gap > 0:
+            if self.seekable:
+                self.f.seek(start)
+            elif _skip(self.f, gap, False) < gap:
+                self.buf, self.base = b"", fend
+                return head
+        need = n - len(head)
+        if self.seekable and need < _WINDOW:
+            need = _SMALL_WINDOW if gap > _WINDOW else _WINDOW
+        # A stream (a decompressing one) is read no further than asked: a read error past the
+        # member being read must not take the members before it down too.
+        data = _read_exact(self.f, need)
+        self.buf = buf = head + data if head else data
+        self.base = self.pos
+        out = buf[:n]
+        self.pos += len(out)
+        return out
+
+    def skip(self, n: int) -> int:
+        """Move ``n`` bytes ahead; return how many of them the stream has."""
+        if n <= 0:
+            return 0
+        if self.seekable:
+            have = n if self.end is None else max(0, min(n, self.end - self.pos))
+            self.pos += have
+            return have
+        fend = self.base + len(self.buf)
+        if self.pos + n <= fend:
+            self.pos += n
+            return n
+        in_window = max(0, fend - self.pos)
+        got = _skip(self.f, n - in_window, False)
+        self.buf, self.base = b"", fend + got
+        self.pos = self.base
+        return in_window + got
 
 
 def _parse_pax(data: bytes) -> dict[str, str]:
@@ -187,6 +310,11 @@ def iter_members(
         except Exception:
             seekable = False
     pos = f.tell() if seekable else 0
+    end: int | None = None
+    if seekable:
+        end = f.seek(0, 2)
+        f.seek(pos)
+    w = _Window(f, seekable, pos, end)
     pending_name: str | None = None
     pending_size: int | None = None
     pending_error: str | None = None
@@ -196,7 +324,7 @@ def iter_members(
     # try each following block until one is a valid header (or the end-of-archive marker).
     resync = False
     while True:
-        header = _read_exact(f, BLOCK)
+        header = w.read(BLOCK)
         if len(header) < BLOCK:
             if first and len(header) == 0:
                 raise TarTruncated("file is empty (0 bytes); a valid empty tar has 1024 zero bytes", offset=pos)
@@ -205,7 +333,7 @@ def iter_members(
                 offset=pos,
             )
         if header == b"\0" * BLOCK:
-            second = _read_exact(f, BLOCK)
+            second = w.read(BLOCK)
             if second == b"\0" * BLOCK:
                 return
             if len(second) < BLOCK:
@@ -215,6 +343,45 @@ def iter_members(
                     offset=pos,
                 )
             raise TarCorrupt(f"zero block at byte {pos} followed by data", offset=pos)
+        fast = _fast_header(header)
+        if fast is not None:
+            fast_name, size = fast
+            first = resync = False
+            data_offset = pos + BLOCK
+            if pending_name is not None:
+                fast_name = pending_name
+            if pending_size is not None:
+                size = pending_size
+            start = pos if member_start is None else member_start
+            padded = (size + BLOCK - 1) // BLOCK * BLOCK
+            data_bytes = None
+            if want is not None and size <= max_read_size and want(fast_name, size):
+                raw = w.read(padded)
+                if len(raw) < size:
+                    raise TarTruncated(
+                        f"archive ends at byte {data_offset + len(raw)} inside member {fast_name!r} "
+                        f"({len(raw)} of {size} bytes)",
+                        offset=data_offset,
+                        member=fast_name,
+                    )
+                data_bytes = raw[:size]
+            else:
+                got = w.skip(padded)
+                if got < size:
+                    raise TarTruncated(
+                        f"archive ends at byte {data_offset + got} inside member {fast_name!r} ({got} of {size} bytes)",
+                        offset=data_offset,
+                        member=fast_name,
+                    )
+            if pending_error is not None:
+                yield TarMember(fast_name, start, data_offset, size, "special", None, pending_error)
+                resync = True
+            else:
+                yield TarMember(fast_name, start, data_offset, size, "file", data_bytes)
+            pos = data_offset + padded
+            pending_name = pending_size = pending_error = None
+            member_start = None
+            continue
         try:
             info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
         except tarfile.HeaderError as exc:
@@ -248,7 +415,7 @@ def iter_members(
             ext_size = info.size
             if ext_size > max_read_size:
                 raise TarCorrupt(f"extended header of {ext_size} bytes at byte {pos} exceeds the cap", offset=pos)
-            data = _read_exact(f, (ext_size + BLOCK - 1) // BLOCK * BLOCK)
+            data = w.read((ext_size + BLOCK - 1) // BLOCK * BLOCK)
             if len(data) < ext_size:
                 raise TarTruncated(
                     f"archive ends at byte {data_offset + len(data)} inside an extended header", offset=data_offset
@@ -277,7 +444,7 @@ def iter_members(
             # Old-GNU sparse: more sparse-map blocks follow the header (each flags whether another
             # follows at byte 504) before the member's data.
             while True:
-                ext_block = _read_exact(f, BLOCK)
+                ext_block = w.read(BLOCK)
                 if len(ext_block) < BLOCK:
                     raise TarTruncated(
                         f"archive ends at byte {data_offset + len(ext_block)} inside a sparse header",
@@ -301,7 +468,7 @@ def iter_members(
             size = padded = 0
         data_bytes: bytes | None = None
         if kind == "file" and want is not None and size <= max_read_size and want(name, size):
-            raw = _read_exact(f, padded)
+            raw = w.read(padded)
             if len(raw) < size:
                 raise TarTruncated(
                     f"archive ends at byte {data_offset + len(raw)} inside member {name!r} "
@@ -311,7 +478,7 @@ def iter_members(
                 )
             data_bytes = raw[:size]
         else:
-            got = _skip(f, padded, seekable)
+            got = w.skip(padded)
             if got < size:
                 raise TarTruncated(
                     f"archive ends at byte {data_offset + got} inside member {name!r} ({got} of {size} bytes)",

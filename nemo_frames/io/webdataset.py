@@ -11,6 +11,7 @@ sidecar) is decided by the last dotted component of its extension, so
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import pandas as pd
 
 from nemo_frames import schema as S
 from nemo_frames.io.compressed import MAX_RATIO, MAX_TOTAL, DecompressionLimit, finish, open_shard
-from nemo_frames.io.jsonsafe import loads_strict
+from nemo_frames.io.jsonsafe import dumps_sorted, loads_strict
 from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members
 from nemo_frames.io.urls import expand_urls, group_shards
 from nemo_frames.ledger import STRING
@@ -50,6 +51,11 @@ class ScanConfig:
     max_decompressed: int = MAX_TOTAL
     max_compression_ratio: float = MAX_RATIO
 
+    @functools.cached_property
+    def roles(self) -> dict[str, str]:
+        """Role of each extension seen so far: a shard has a handful of extensions and thousands of members."""
+        return {}
+
 
 class ShardScanError(RuntimeError):
     """Raised under ``on_error="raise"`` for the first problem found in a shard."""
@@ -65,6 +71,12 @@ def _split_key(name: str) -> tuple[str, str] | None:
 
 
 def _readable_name(name: str) -> str | None:
+    if name.isascii():
+        return None
+    return _escaped_name(name)
+
+
+def _escaped_name(name: str) -> str | None:
     """``name`` with its undecodable bytes escaped (``caf\\xe9.jpg``), or None when it is valid UTF-8.
 
     Tar names are bytes; the reader decodes them as UTF-8 with ``surrogateescape``, so a name
@@ -79,6 +91,8 @@ def _readable_name(name: str) -> str | None:
 
 
 def _unsafe_reason(name: str) -> str | None:
+    if name.isprintable() and ".." not in name and "\\" not in name and name[:1] != "/" and name[1:2] != ":":
+        return None  # the common case, decided without a regular expression
     if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
         return f"member {name!r} has an absolute path"
     if ".." in name.replace("\\", "/").split("/"):
@@ -89,6 +103,16 @@ def _unsafe_reason(name: str) -> str | None:
 
 
 def _role(ext: str, cfg: ScanConfig) -> str:
+    roles = cfg.roles
+    role = roles.get(ext)
+    if role is None:
+        role = _role_of(ext, cfg)
+        if len(roles) < 1024:
+            roles[ext] = role
+    return role
+
+
+def _role_of(ext: str, cfg: ScanConfig) -> str:
     last = ext.rsplit(".", 1)[-1].lower()
     if last in cfg.image_extensions:
         return "image"
@@ -154,6 +178,14 @@ def _new_row(source: str) -> dict[str, Any]:
     }
 
 
+def _members_text(exts: dict[str, list[int]]) -> str:
+    """``json.dumps(exts)`` (the ``nf_members`` form export writes too), without its cost for plain extensions."""
+    for ext in exts:
+        if not (ext.isascii() and ext.isprintable()) or '"' in ext or "\\" in ext:
+            return json.dumps(exts)
+    return "{" + ", ".join(f'"{ext}": [{off}, {size}]' for ext, (off, size) in exts.items()) + "}"
+
+
 def _sample_row(sample: _Sample, source: str, cfg: ScanConfig, fields: dict[str, str]) -> dict[str, Any]:
     row = _new_row(source)
     row[S.KEY] = sample.key
@@ -183,7 +215,7 @@ def _sample_row(sample: _Sample, source: str, cfg: ScanConfig, fields: dict[str,
             caption_m = m
         elif role == "json" and json_m is None:
             json_m = m
-    row[S.MEMBERS] = json.dumps(exts)
+    row[S.MEMBERS] = _members_text(exts)
     if image is not None:
         row[S.IMAGE_MEMBER] = image.name
         row[S.IMAGE_OFFSET] = image.data_offset
@@ -239,7 +271,7 @@ def _sample_row(sample: _Sample, source: str, cfg: ScanConfig, fields: dict[str,
                         if isinstance(doc.get(cf), str):
                             row[S.CAPTION] = doc[cf]
                             break
-                row[S.JSON] = json.dumps(rest, ensure_ascii=False, sort_keys=True) if rest else None
+                row[S.JSON] = dumps_sorted(rest) if rest else None
     if err is not None:
         row[S.STATUS] = Status.ERROR.value
         row[S.ERROR] = err

@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from nemo_frames import schema as S
+from nemo_frames.io.jsonsafe import dumps_sorted, loads_strict
 from nemo_frames.ledger import ensure_ledger, mark_error
 
 EMBEDDING_DTYPE = pd.ArrowDtype(pa.list_(pa.float32()))
@@ -54,7 +55,7 @@ class SidecarEmbedding:
     >>> [None if v is pd.NA else [round(x, 2) for x in v] for v in out["embedding"].tolist()]
     [[0.6, 0.8], None]
     >>> out["json"].tolist(), out["nf_error"].tolist()[1][:40]
-    (['{"x": 1}', <NA>], 'sidecar_invalid: sidecar field emb: expe')
+    (['{"x":1}', <NA>], 'sidecar_invalid: sidecar field emb: expe')
     """
 
     name = "sidecar_embedding"
@@ -76,15 +77,20 @@ class SidecarEmbedding:
                 new_json.append(None)
                 continue
             try:
-                doc = json.loads(text)
+                doc = loads_strict(text)
             except ValueError:
-                new_json.append(text)
-                continue
+                try:
+                    # A json column written by another tool may hold NaN: read it, and let the vector
+                    # check below name the bad value.
+                    doc = json.loads(text)
+                except ValueError:
+                    new_json.append(text)
+                    continue
             if not isinstance(doc, dict) or field not in doc:
                 new_json.append(text)
                 continue
             value = doc.pop(field)
-            new_json.append(json.dumps(doc, ensure_ascii=False, sort_keys=True) if doc else None)
+            new_json.append(dumps_sorted(doc) if doc else None)
             why = _check_vector(value, dim)
             if why:
                 bad[i] = f"sidecar field {field}: expected a list of {dim} finite numbers, found {why}"

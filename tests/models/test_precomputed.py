@@ -39,7 +39,7 @@ def test_vectors_are_normalised_checked_and_removed_from_json():
     assert "found the value 'x'" in out["nf_error"][2]
     assert all(emb[i] is pd.NA for i in (1, 2, 3, 4, 5, 6))
     assert emb[7] == [0.0, 0.0, 0.0]  # a zero vector is carried as is; semantic dedup decides what to do with it
-    assert out["json"].tolist()[:2] == ['{"url": "u0"}', pd.NA] and out["json"][6] == "not json"
+    assert out["json"].tolist()[:2] == ['{"url":"u0"}', pd.NA] and out["json"][6] == "not json"
     # the other fields of the sidecar survive
     assert json.loads(out["json"][4]) == {"url": "u4"}
 
