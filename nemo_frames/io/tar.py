@@ -22,8 +22,11 @@ each 512-byte header, and add what a data pipeline needs on top:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Literal
 
@@ -62,6 +65,23 @@ class TarMember:
     kind: MemberKind
     data: bytes | None = None
     error: str | None = None
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a scan builds its rows.
+
+    A scan makes a few dicts, strings and ints per member and no reference cycles, yet the
+    allocations trigger collections that walk the whole heap (~13 % of a scan's time here; more
+    in a worker holding a large heap). Reference counting still frees everything as usual.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class TarTruncated(Exception):
@@ -155,8 +175,11 @@ def _fast_header(header: bytes) -> tuple[str, int] | None:
         size = int((raw if nul < 0 else raw[:nul]).strip() or b"0", 8)
     except ValueError:
         return None
-    # The checksum counts its own 8-byte field as spaces (8 * 0x20 = 256).
-    if sum(header) - sum(chk) + 256 != stored:
+    # The checksum is the byte sum with its own 8-byte field counted as spaces (8 * 0x20 = 256).
+    # Adler-32's low half is 1 + that byte sum mod 65521, in C: sum() over 512 bytes costs more
+    # than the rest of this function. A header whose sum is off by a multiple of 65521 (and still
+    # has the magic and two valid octal fields) is the only one that passes here and not in tarfile.
+    if zlib.adler32(header) & 0xFFFF != (stored - 256 + sum(chk) + 1) % 65521:
         return None
     raw = header[:100]
     nul = raw.find(b"\x00")

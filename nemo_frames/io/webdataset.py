@@ -24,7 +24,7 @@ import pandas as pd
 from nemo_frames import schema as S
 from nemo_frames.io.compressed import MAX_RATIO, MAX_TOTAL, DecompressionLimit, finish, open_shard
 from nemo_frames.io.jsonsafe import dumps_sorted, loads_strict
-from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members
+from nemo_frames.io.tar import NotATar, TarCorrupt, TarMember, TarTruncated, iter_members, no_gc
 from nemo_frames.io.urls import expand_urls, group_shards
 from nemo_frames.ledger import STRING
 from nemo_frames.schema import ErrorCode, Status, error_text
@@ -441,8 +441,9 @@ def _scan_partition(
     group: Sequence[str], cfg: ScanConfig, fields: dict[str, str], storage_options: dict[str, Any] | None
 ) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
-    for url in group:
-        rows.extend(scan_shard(url, cfg, fields, storage_options))
+    with no_gc():
+        for url in group:
+            rows.extend(scan_shard(url, cfg, fields, storage_options))
     if cfg.on_error == "raise":
         for r in rows:
             if r[S.STATUS] == Status.ERROR.value:
