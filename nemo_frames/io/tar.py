@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import struct
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -151,7 +152,8 @@ def _skip(f: BinaryIO, n: int, seekable: bool, end: int | None = None) -> int:
 
 _POSIX_MAGIC = b"ustar\x0000"
 _GNU_MAGIC = b"ustar  \x00"
-_REGULAR = (b"0", b"\x00")
+# name, size, checksum, type flag, magic: the fields of a ustar header that a scan needs.
+_HEADER = struct.Struct("100s24x12s12x8s1s100x8s")
 
 
 def _fast_header(header: bytes) -> tuple[str, int] | None:
@@ -160,20 +162,19 @@ def _fast_header(header: bytes) -> tuple[str, int] | None:
     ``TarInfo.frombuf`` costs ~30 µs a header (it decodes all 17 fields through Python helpers);
     the scan needs two of them. This takes the common case only — a ustar / GNU regular file
     whose octal size and unsigned checksum are valid — and gives everything else (links,
-    extended headers, base-256 numbers, signed checksums, bad headers) to ``frombuf``, so those
-    keep ``tarfile``'s exact behaviour and errors.
+    extended headers, base-256 or negative numbers, signed checksums, bad headers) to
+    ``frombuf``, so those keep ``tarfile``'s exact behaviour and errors.
     """
-    magic = header[257:265]
-    if header[156:157] not in _REGULAR or (magic != _POSIX_MAGIC and magic != _GNU_MAGIC):
+    name, size_field, chk, typeflag, magic = _HEADER.unpack_from(header)
+    if (typeflag != b"0" and typeflag != b"\x00") or (magic != _POSIX_MAGIC and magic != _GNU_MAGIC):
         return None
-    chk = header[148:156]
-    nul = chk.find(b"\x00")
     try:
-        stored = int((chk if nul < 0 else chk[:nul]).strip() or b"0", 8)
-        raw = header[124:136]
-        nul = raw.find(b"\x00")
-        size = int((raw if nul < 0 else raw[:nul]).strip() or b"0", 8)
+        # int() skips surrounding whitespace itself, as tarfile's nti() relies on too.
+        stored = int(chk.partition(b"\x00")[0] or b"0", 8)
+        size = int(size_field.partition(b"\x00")[0] or b"0", 8)
     except ValueError:
+        return None
+    if size < 0:
         return None
     # The checksum is the byte sum with its own 8-byte field counted as spaces (8 * 0x20 = 256).
     # Adler-32's low half is 1 + that byte sum mod 65521, in C: sum() over 512 bytes costs more
@@ -181,18 +182,12 @@ def _fast_header(header: bytes) -> tuple[str, int] | None:
     # has the magic and two valid octal fields) is the only one that passes here and not in tarfile.
     if zlib.adler32(header) & 0xFFFF != (stored - 256 + sum(chk) + 1) % 65521:
         return None
-    raw = header[:100]
-    nul = raw.find(b"\x00")
-    if nul >= 0:
-        raw = raw[:nul]
-    if magic == _POSIX_MAGIC:
-        prefix = header[345:500]
-        nul = prefix.find(b"\x00")
-        if nul != 0:
-            raw = (prefix if nul < 0 else prefix[:nul]) + b"/" + raw
-    if raw.endswith(b"/"):
+    name = name.partition(b"\x00")[0]
+    if magic == _POSIX_MAGIC and header[345] != 0:
+        name = header[345:500].partition(b"\x00")[0] + b"/" + name
+    if name.endswith(b"/"):
         return None  # tarfile makes an AREGTYPE name ending in "/" a directory
-    return raw.decode("utf-8", "surrogateescape"), size
+    return name.decode("utf-8", "surrogateescape"), size
 
 
 _WINDOW = 256 << 10

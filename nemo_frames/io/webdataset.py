@@ -308,7 +308,7 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
                     if m.kind == "dir":
                         continue
                     bad_name = None
-                    readable = _readable_name(m.name)
+                    readable = None if m.name.isascii() else _escaped_name(m.name)
                     if readable is not None:
                         # Keep the sample as an error row under its escaped name, never drop it.
                         bad_name = (
