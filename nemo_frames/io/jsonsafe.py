@@ -41,8 +41,8 @@ def loads_strict(data: bytes | str) -> Any:
     """Parse JSON from data, raising ``ValueError`` for anything that is not plain, finite JSON.
 
     Bad UTF-8, a byte order mark, nesting deeper than 1,024 levels (orjson's limit; Python's
-    recursion limit on the slow path for texts with 19+ digit integers), ``NaN`` / ``Infinity``, floats that overflow float64, integers over
-    Python's 4300-digit limit and lone surrogates (``"\\ud800"``, valid JSON syntax but not
+    recursion limit on the slow path for texts with 19+ digit integers), ``NaN`` /
+    ``Infinity``, floats that overflow float64, integers over Python's 4300-digit limit and lone surrogates (``"\\ud800"``, valid JSON syntax but not
     text any UTF-8 writer accepts) raise ``ValueError``.
 
     Examples
@@ -67,8 +67,17 @@ def loads_strict(data: bytes | str) -> Any:
         # UTF-8; a depth limit of 1024) and ~20x faster on sidecars full of numbers.
         if raw.startswith(b"\xef\xbb\xbf"):
             raise ValueError("Unexpected UTF-8 BOM: a JSON text must not start with a byte order mark")
-        return orjson.loads(raw)
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # rare: the standard library's parse below says what is wrong in its own words
     text = data.decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if isinstance(data, str) and not data.isascii():
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+            raise ValueError(f"JSON text holds a lone surrogate {bad} (not a Unicode character)") from None
     try:
         doc = json.loads(text, parse_constant=_constant, parse_float=_float)
     except RecursionError:
