@@ -316,8 +316,15 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
                             "WebDataset keys are text: rename the member in the shard"
                         )
                         m = dataclasses.replace(m, name=readable)
-                    unsafe = _unsafe_reason(m.name)
-                    sk = _split_key(m.name)
+                    name = m.name
+                    # The common name (printable, relative, no "..", no backslash) is decided inline.
+                    unsafe = (
+                        None
+                        if name.isprintable() and ".." not in name and "\\" not in name
+                        and name[:1] != "/" and name[1:2] != ":"
+                        else _unsafe_reason(name)
+                    )
+                    sk = _split_key(name)
                     if sk is None:
                         close()
                         rows.append(
