@@ -16,7 +16,7 @@ import tarfile
 
 import pytest
 
-from nemo_frames.io.tar import BLOCK, _fast_header, iter_members
+from nemo_frames.io.tar import BLOCK, TarTruncated, _fast_header, iter_members
 
 
 def _tar(fmt: int, names: list[str], sizes: list[int]) -> bytes:
@@ -132,3 +132,36 @@ def test_negative_and_base256_sizes_go_to_tarfile():
         bad[148:156] = b"        "
         bad[148:156] = b"%06o\0 " % sum(bad)
         assert _fast_header(bytes(bad)) is None
+
+
+class _Pipe(io.RawIOBase):
+    """A stream that cannot seek and returns short reads, like a pipe or a decompressor."""
+
+    def __init__(self, data: bytes) -> None:
+        self._b = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+        chunk = self._b.read(min(len(b), 777))
+        b[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_a_stream_that_cannot_seek_reads_the_same_members_and_bytes():
+    sizes = [3, 300_000, 0, 70_000, 512, 9]
+    names = [f"{i:03d}.{'jpg' if i % 2 else 'json'}" for i in range(len(sizes))]
+    data = _tar(tarfile.GNU_FORMAT, names, sizes)
+    want = lambda n, s: n.endswith(".json")  # noqa: E731
+    seek = [(m.name, m.data_offset, m.size, m.data) for m in iter_members(io.BytesIO(data), want=want)]
+    pipe = [(m.name, m.data_offset, m.size, m.data) for m in iter_members(_Pipe(data), want=want)]
+    assert pipe == seek
+    assert [d for *_, d in seek if d is not None] == [bytes([s % 251]) * s for s in sizes[::2]]
+    # cut inside the big member: both report the cut at the same member
+    for stream in (io.BytesIO(data[:200_000]), _Pipe(data[:200_000])):
+        with pytest.raises(TarTruncated, match=r"inside member '001\.jpg'"):
+            list(iter_members(stream, want=want))
