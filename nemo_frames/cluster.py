@@ -68,6 +68,7 @@ dask.config.update_defaults(
                 "torch-threads": None,
                 "malloc-trim-threshold": "64MiB",
                 "malloc-mmap-threshold": "32MiB",
+                "profile-history": 120,
                 "allowed-failures": 3,
                 "no-workers-timeout": "60s",
                 "connect-timeout": "30s",
@@ -495,8 +496,16 @@ def _worker_process_env() -> Iterator[None]:
         for var, launch in _LAUNCH_MALLOC_ENV.items()
         if launch is None and var in os.environ
     }
+    settings: dict[str, Any] = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in env.items()}
+    history = dask.config.get("nemo_frames.cluster.profile-history", default=None)
+    if history is not None:
+        # A worker keeps one statistical-profile tree per second (and a deep copy per task
+        # prefix) for distributed.admin.low-level-log-length seconds, 1,000 by default: ~0.2 MB
+        # a second while scoring, so a long run's workers grew by up to ~0.25 GB against a short
+        # run's. The dashboard's profile still covers the last `profile-history` seconds.
+        settings["distributed.admin.low-level-log-length"] = int(history)
     try:
-        with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in env.items()}):
+        with dask.config.set(settings):
             yield
     finally:
         for var, value in leaked.items():

@@ -149,6 +149,20 @@ def test_malloc_env_null_config_keeps_dask_default(local_client):
     assert env["MALLOC_TRIM_THRESHOLD_"] == str(8 * 2**20)
 
 
+def _profile_history(dask_worker):
+    return dask_worker.profile_history.maxlen, dask_worker.profile_keys_history.maxlen
+
+
+def test_worker_profile_history_is_capped_and_null_keeps_dask_default(local_client):
+    # One profile tree a second for 1,000 s made a long run's workers ~0.25 GB bigger than a short run's.
+    for maxlen in local_client.run(_profile_history).values():
+        assert maxlen == (120, 120)
+    with dask.config.set({"nemo_frames.cluster.profile-history": None}):
+        with cluster("local", n_workers=1, threads_per_worker=1) as client:
+            (maxlen,) = client.run(_profile_history).values()
+    assert maxlen == (1000, 1000)
+
+
 def test_with_get_client_closes_its_cluster_and_workers():
     with get_client("local", n_workers=1, threads_per_worker=1) as client:
         lc = client.cluster
