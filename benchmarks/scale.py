@@ -333,20 +333,25 @@ def child_main(cfg_path: str, result_path: str) -> None:
         # pass), so the scan is also timed on its own here: read every tar header and sidecar.
         first = sorted(Path(cfg["input"]["urls"].split("{")[0]).glob("*.tar"))[:2]
         client.compute(read_webdataset([str(p) for p in first]).map_partitions(len), sync=True)  # warm-up
+        if os.environ.get("NF_SCALE_SKIP_SCAN"):  # the resume check's runs: only curate matters
+            first = []
         watch.stage = "scan (computed)"
-        t0 = time.perf_counter()
-        scanned = read_webdataset(cfg["input"]["urls"])
-        n_scanned = int(sum(client.compute(scanned.map_partitions(len), sync=True)))
-        scan_s = time.perf_counter() - t0
-        del scanned
-        # The same scan with small shards packed 4 to a partition (input.partition_bytes): the
-        # per-task cost of Dask is paid a quarter as often.
-        t0 = time.perf_counter()
-        packed = read_webdataset(cfg["input"]["urls"], partition_bytes=4 * first[0].stat().st_size + 1)
-        n_packed = int(sum(client.compute(packed.map_partitions(len), sync=True)))
-        packed_s = time.perf_counter() - t0
-        assert n_packed == n_scanned, (n_packed, n_scanned)
-        del packed
+        scan_s = packed_s = 0.0
+        n_scanned = 0
+        if first:
+            t0 = time.perf_counter()
+            scanned = read_webdataset(cfg["input"]["urls"])
+            n_scanned = int(sum(client.compute(scanned.map_partitions(len), sync=True)))
+            scan_s = time.perf_counter() - t0
+            del scanned
+            # The same scan with small shards packed 4 to a partition (input.partition_bytes): the
+            # per-task cost of Dask is paid a quarter as often.
+            t0 = time.perf_counter()
+            packed = read_webdataset(cfg["input"]["urls"], partition_bytes=4 * first[0].stat().st_size + 1)
+            n_packed = int(sum(client.compute(packed.map_partitions(len), sync=True)))
+            packed_s = time.perf_counter() - t0
+            assert n_packed == n_scanned, (n_packed, n_scanned)
+            del packed
         watch.stage = "between"
         tasks_before = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins["nf-task-count"].done)
         t0 = time.perf_counter()
@@ -422,7 +427,8 @@ def _digest(run_dir: Path) -> dict[str, str]:
 def _kill_when(cfg_path: Path, res_path: Path, watch_dir: Path, pattern: str, at: int) -> bool:
     """Start curate; SIGKILL its whole process group once ``at`` files match ``pattern``. True if killed."""
     proc = subprocess.Popen([sys.executable, __file__, "--child", str(cfg_path), str(res_path)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "NF_SCALE_SKIP_SCAN": "1"})
     while proc.poll() is None:
         if watch_dir.is_dir() and len(list(watch_dir.glob(pattern))) >= at:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -462,7 +468,7 @@ def resume_check(shards: Path, n: int, work: Path, reference: Path) -> list[tupl
                  f"{len(at_kill2)} shards exported"))
     t0 = time.perf_counter()
     subprocess.run([sys.executable, __file__, "--child", str(cfg_path), str(res_path)], cwd=ROOT, check=True,
-                   capture_output=True)
+                   capture_output=True, env={**os.environ, "NF_SCALE_SKIP_SCAN": "1"})
     final = _markers(export_done)
     rewritten = sum(1 for k, t in at_kill2.items() if final.get(k) != t)
     r = json.loads(res_path.read_text())
