@@ -51,6 +51,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nemo_frames import backend as nfb
@@ -69,7 +70,8 @@ from nemo_frames.schema import EMBEDDING, KEY, STATUS, ErrorCode, Status
 Mode = Literal["components", "nemo_curator"]
 Similarity = Literal["auto", "numpy", "torch"]
 ROWS_PER_CLUSTER = 1000  # default n_clusters = ceil(rows / this)
-ROWS_PER_BUCKET = 50_000  # rows read by one pairs task (bounded memory per task)
+ROWS_PER_BUCKET = 50_000  # rows (in their nearest cluster) of one bucket, one pairs task
+READ_ROWS = 50_000  # rows, boundary copies included, that a pairs or sweep task reads at a time
 # Boundary copies in ``components`` mode: a row goes also to each of its BOUNDARY_CANDIDATES
 # next-nearest clusters j whose cosine is within scale·√(2·eps)·‖c_nearest − c_j‖ of the nearest.
 # scale 0.5 is sound (a pair within eps straddling clusters a, b has gap_x + gap_y ≤ √(2·eps)·‖c_a − c_b‖,
@@ -247,9 +249,20 @@ def _sample_part(pdf: Any, cfg: SemanticConfig) -> tuple[int, int, np.ndarray, n
 def _merge_samples(a: tuple, b: tuple, cap: int) -> tuple:
     if a[3].shape[1:] != b[3].shape[1:] and len(a[2]) and len(b[2]):
         raise ValueError(f"semantic_duplicates: embeddings of different dimensions ({a[3].shape[1]} vs {b[3].shape[1]})")
-    x = a[3] if not len(b[2]) else b[3] if not len(a[2]) else np.concatenate([a[3], b[3]])
-    h, x = _bottom(np.concatenate([a[2], b[2]]), x, cap)
-    return a[0] + b[0], a[1] + b[1], h, x
+    n, excluded, na = a[0] + b[0], a[1] + b[1], len(a[2])
+    if not len(b[2]) or not na:
+        return n, excluded, *_bottom(*((a[2], a[3]) if na else (b[2], b[3])), cap)
+    h = np.concatenate([a[2], b[2]])
+    if len(h) <= cap:
+        return n, excluded, h, np.concatenate([a[3], b[3]])
+    # The kept rows are gathered from both sides directly: concatenating first held two samples of
+    # max_fit_rows rows more at the top of the tree, where the samples are largest.
+    keep = np.argpartition(h, cap - 1)[:cap]
+    in_a = keep < na
+    x = np.empty((cap, *a[3].shape[1:]), np.result_type(a[3], b[3]))
+    x[in_a] = a[3][keep[in_a]]
+    x[~in_a] = b[3][keep[~in_a] - na]
+    return n, excluded, h[keep], x
 
 
 def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -868,22 +881,49 @@ class _Bucket:
 
 def _read_bucket(assign_dir: Path, b: int, clusters: Sequence[int]) -> _Bucket:
     files = sorted((assign_dir / f"bucket-{b:05d}").glob("part-*.parquet"))
-    table = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
-    if table is None or table.num_rows == 0:
+    want = pa.array(np.asarray(clusters, dtype=np.int32))
+    # Each file is cut down to the wanted clusters as it is read: a bucket holds every boundary copy
+    # of its clusters (up to BOUNDARY_CANDIDATES per row, more with more clusters), and the sweep
+    # wants a few clusters of it, so holding the whole bucket made worker memory grow with N.
+    parts = []
+    for f in files:
+        t = pq.read_table(f)
+        t = t.filter(pc.is_in(t["cluster_id"], value_set=want))
+        if t.num_rows:
+            parts.append(t)
+    if not parts:
         z = np.zeros(0, np.int32)
         return _Bucket(np.zeros(0, object), z, z, np.zeros((0, 0), np.float32), None)
+    table = pa.concat_tables(parts)
+    del parts
     cid = table["cluster_id"].to_numpy()
-    keep = np.isin(cid, np.asarray(clusters, dtype=np.int32))
-    keys = table["key"].to_numpy(zero_copy_only=False)[keep]
-    prim = table["primary_cluster"].to_numpy()[keep]
-    emb = table["embedding"].combine_chunks()
-    d = emb.type.list_size
-    x = emb.values.to_numpy().reshape(-1, d)[keep]
-    score = table["score"].to_numpy()[keep] if "score" in table.column_names else None
-    cid = cid[keep]
+    keys = table["key"].to_numpy(zero_copy_only=False)
     order = np.lexsort((keys.astype(str), cid))  # by cluster, then key: independent of partitioning
-    return _Bucket(keys[order], cid[order], prim[order], np.ascontiguousarray(x[order]),
-                   None if score is None else score[order])
+    # One gather in Arrow, whose values are then viewed, not copied again.
+    table = table.take(pa.array(order)).combine_chunks()
+    emb = table["embedding"].chunk(0)
+    x = emb.flatten().to_numpy().reshape(-1, emb.type.list_size)
+    score = table["score"].to_numpy() if "score" in table.column_names else None
+    return _Bucket(keys[order], cid[order], table["primary_cluster"].to_numpy(), np.ascontiguousarray(x), score)
+
+
+def _read_groups(clusters: Sequence[int], sizes: np.ndarray, limit: int | None = None) -> list[list[int]]:
+    """``clusters`` (in order) cut into runs of at most ``limit`` rows (boundary copies included).
+
+    A bucket has ROWS_PER_BUCKET rows in their nearest cluster, but each row may also be copied to
+    several others; reading a bucket a run at a time keeps a task's memory at ``limit`` rows
+    (or one cluster) whatever the number of copies."""
+    limit = READ_ROWS if limit is None else limit
+    groups: list[list[int]] = []
+    n = 0
+    for c in clusters:
+        s = int(sizes[c])
+        if not groups or n + s > limit:
+            groups.append([])
+            n = 0
+        groups[-1].append(c)
+        n += s
+    return groups
 
 
 def _by_cluster(cid: np.ndarray) -> list[tuple[int, slice]]:
@@ -899,23 +939,25 @@ def _pairs_bucket(b: int, clusters: list[int], cl: _Clustering, ck: Checkpoint, 
     stats = [ck.read_done(f"cluster-{c:06d}") for c in clusters if c not in set(todo)]
     if not todo:
         return stats
-    bk = _read_bucket(cl.root, b, todo)
-    for c, sl in _by_cluster(bk.cid):
-        part = bk.cluster(sl, cl.centroids)
-        t = dedup_cluster(part["keys"], part["x"], part["score"], cl.centroids[c], cfg, primary=part["primary"],
-                          primary_centroids=part["primary_centroids"])
-        split = bool(t.attrs.get("split", sl.stop - sl.start > cfg.max_cluster_size))
-        # cluster_id is the row's primary cluster, also for a boundary copy found here
-        prim = pd.Series(bk.primary[sl], index=pd.Index(part["keys"], dtype=object))
-        t = t.assign(cluster_id=prim.reindex(pd.Index(t["key"], dtype=object)).to_numpy(np.int32))
-        for col, dt in DUP_DTYPES.items():
-            t[col] = t[col].astype(dt)
-        ck.write_parquet_atomic(t, f"cluster-{c:06d}")
-        n = sl.stop - sl.start
-        info = {"cluster": c, "rows": n, "boundary": int(n - part["primary"].sum()), "in_groups": len(t),
-                "split": split}
-        ck.mark_done(f"cluster-{c:06d}", info)
-        stats.append(info)
+    for group in _read_groups(todo, cl.sizes):
+        bk = _read_bucket(cl.root, b, group)
+        for c, sl in _by_cluster(bk.cid):
+            part = bk.cluster(sl, cl.centroids)
+            t = dedup_cluster(part["keys"], part["x"], part["score"], cl.centroids[c], cfg, primary=part["primary"],
+                              primary_centroids=part["primary_centroids"])
+            split = bool(t.attrs.get("split", sl.stop - sl.start > cfg.max_cluster_size))
+            # cluster_id is the row's primary cluster, also for a boundary copy found here
+            prim = pd.Series(bk.primary[sl], index=pd.Index(part["keys"], dtype=object))
+            t = t.assign(cluster_id=prim.reindex(pd.Index(t["key"], dtype=object)).to_numpy(np.int32))
+            for col, dt in DUP_DTYPES.items():
+                t[col] = t[col].astype(dt)
+            ck.write_parquet_atomic(t, f"cluster-{c:06d}")
+            n = sl.stop - sl.start
+            info = {"cluster": c, "rows": n, "boundary": int(n - part["primary"].sum()), "in_groups": len(t),
+                    "split": split}
+            ck.mark_done(f"cluster-{c:06d}", info)
+            stats.append(info)
+        del bk
     return stats
 
 
@@ -1196,17 +1238,20 @@ def eps_sweep(
         sampled = set(int(c) for c in nonempty)
 
         def run(b: int, clusters: list[int]) -> tuple[int, pd.DataFrame, np.ndarray]:
-            bk = _read_bucket(cl.root, b, clusters)
             rows, rn, forests = 0, np.zeros(len(eps_arr), np.int64), []
-            for c, sl in _by_cluster(bk.cid):
-                part = bk.cluster(sl, cl.centroids)
-                r, (i, j, s), n_ = sweep_cluster(part["keys"], part["x"], part["score"], cl.centroids[c], cfg, eps_arr,
-                                                 primary=part["primary"], primary_centroids=part["primary_centroids"])
-                # only rows counted in `rows` (primary in a sampled cluster) may be removed
-                prim = bk.primary[sl]
-                ok = np.isin(prim[i], list(sampled)) & np.isin(prim[j], list(sampled))
-                forests.append(pd.DataFrame({"a": part["keys"][i[ok]], "b": part["keys"][j[ok]], "s": s[ok]}))
-                rows, rn = rows + r, rn + n_
+            for group in _read_groups(clusters, cl.sizes):
+                bk = _read_bucket(cl.root, b, group)
+                for c, sl in _by_cluster(bk.cid):
+                    part = bk.cluster(sl, cl.centroids)
+                    r, (i, j, s), n_ = sweep_cluster(part["keys"], part["x"], part["score"], cl.centroids[c], cfg,
+                                                     eps_arr, primary=part["primary"],
+                                                     primary_centroids=part["primary_centroids"])
+                    # only rows counted in `rows` (primary in a sampled cluster) may be removed
+                    prim = bk.primary[sl]
+                    ok = np.isin(prim[i], list(sampled)) & np.isin(prim[j], list(sampled))
+                    forests.append(pd.DataFrame({"a": part["keys"][i[ok]], "b": part["keys"][j[ok]], "s": s[ok]}))
+                    rows, rn = rows + r, rn + n_
+                del bk
             return rows, pd.concat(forests, ignore_index=True) if forests else pd.DataFrame({"a": [], "b": [], "s": []}), rn
 
         tasks = [dask.delayed(run)(b, [int(c) for c in nonempty if c % cl.n_buckets == b]) for b in range(cl.n_buckets)]

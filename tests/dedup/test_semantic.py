@@ -397,3 +397,28 @@ def test_identical_rows_get_one_centroid_and_no_boundary_copies():
     t = semantic_duplicates(_frame(x, [f"k{i:04d}" for i in range(2000)]), eps=0.01, n_clusters=8)
     assert t.attrs["n_clusters"] == 1 and t.attrs["boundary_rows"] == 0
     assert t["is_survivor"].sum() == 1 and len(t) == 2000
+
+
+def test_reading_a_bucket_a_few_clusters_at_a_time_changes_nothing(planted, monkeypatch):
+    """Pairs and sweep tasks read their bucket in runs of READ_ROWS rows (boundary copies included)."""
+    import nemo_frames.dedup.semantic as sem
+
+    ddf = dd.from_pandas(planted, npartitions=3)
+    kw = {"n_clusters": 6, "boundary_margin": 0.02}
+    ref = semantic_duplicates(ddf, eps=0.01, **kw)
+    ref_sweep = eps_sweep(ddf, [0.004, 0.01, 0.05], sample_clusters=4, **kw)
+    assert ref.attrs["boundary_rows"] > 0
+    assert len(sem._read_groups(list(range(6)), np.full(6, 700))) == 1
+    reads = []
+    plain = sem._read_bucket
+
+    def counted(assign_dir, b, clusters):
+        reads.append(list(clusters))
+        return plain(assign_dir, b, clusters)
+
+    monkeypatch.setattr(sem, "READ_ROWS", 1)  # every cluster is read on its own
+    monkeypatch.setattr(sem, "_read_bucket", counted)
+    pd.testing.assert_frame_equal(semantic_duplicates(ddf, eps=0.01, **kw), ref)
+    pd.testing.assert_frame_equal(eps_sweep(ddf, [0.004, 0.01, 0.05], sample_clusters=4, **kw), ref_sweep)
+    assert reads and all(len(c) == 1 for c in reads)
+    assert len(reads) == 6 + 4
