@@ -73,7 +73,7 @@ def no_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector while a scan builds its rows.
 
     A scan makes a few dicts, strings and ints per member and no reference cycles, yet the
-    allocations trigger collections that walk the whole heap (~13 % of a scan's time here; more
+    allocations trigger collections, now and then of the whole heap (~13 % of a scan's time here; more
     in a worker holding a large heap). Reference counting still frees everything as usual.
     """
     was = gc.isenabled()
