@@ -22,7 +22,7 @@ partitions each rerun redid.
 Usage::
 
     python benchmarks/scale.py                      # 10k and 100k
-    python benchmarks/scale.py --sizes 10000 1000000 --resume   # the 1M run (slow: about an hour here)
+    python benchmarks/scale.py --sizes 10000 1000000 --resume   # 1M: ~16 min here, ~25 more with --resume
     python benchmarks/scale.py --sizes 2000 --smoke  # the test suite's smoke run
 
 The corpus lives in ``--cache`` (default ``~/.cache/nemo_frames/scale``): 1M samples take
