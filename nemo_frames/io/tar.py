@@ -262,6 +262,24 @@ class _Window:
         return in_window + got
 
 
+def _member_data(w: _Window, name: str, size: int, padded: int, data_offset: int, wanted: bool) -> bytes | None:
+    """Read a wanted member's data, or skip it; either way, a cut inside it raises ``TarTruncated``."""
+    if wanted:
+        raw = w.read(padded)
+        if len(raw) >= size:
+            return raw[:size]
+        got = len(raw)
+    else:
+        got = w.skip(padded)
+        if got >= size:
+            return None
+    raise TarTruncated(
+        f"archive ends at byte {data_offset + got} inside member {name!r} ({got} of {size} bytes)",
+        offset=data_offset,
+        member=name,
+    )
+
+
 def _parse_pax(data: bytes) -> dict[str, str]:
     out: dict[str, str] = {}
     pos = 0
@@ -372,25 +390,8 @@ def iter_members(
                 size = pending_size
             start = pos if member_start is None else member_start
             padded = (size + BLOCK - 1) // BLOCK * BLOCK
-            data_bytes = None
-            if want is not None and size <= max_read_size and want(fast_name, size):
-                raw = w.read(padded)
-                if len(raw) < size:
-                    raise TarTruncated(
-                        f"archive ends at byte {data_offset + len(raw)} inside member {fast_name!r} "
-                        f"({len(raw)} of {size} bytes)",
-                        offset=data_offset,
-                        member=fast_name,
-                    )
-                data_bytes = raw[:size]
-            else:
-                got = w.skip(padded)
-                if got < size:
-                    raise TarTruncated(
-                        f"archive ends at byte {data_offset + got} inside member {fast_name!r} ({got} of {size} bytes)",
-                        offset=data_offset,
-                        member=fast_name,
-                    )
+            wanted = want is not None and size <= max_read_size and want(fast_name, size)
+            data_bytes = _member_data(w, fast_name, size, padded, data_offset, wanted)
             if pending_error is not None:
                 yield TarMember(fast_name, start, data_offset, size, "special", None, pending_error)
                 resync = True
@@ -484,25 +485,8 @@ def iter_members(
         if kind in ("dir", "link"):
             # Links carry no data (their size field is meaningless); directories have none.
             size = padded = 0
-        data_bytes: bytes | None = None
-        if kind == "file" and want is not None and size <= max_read_size and want(name, size):
-            raw = w.read(padded)
-            if len(raw) < size:
-                raise TarTruncated(
-                    f"archive ends at byte {data_offset + len(raw)} inside member {name!r} "
-                    f"({len(raw)} of {size} bytes)",
-                    offset=data_offset,
-                    member=name,
-                )
-            data_bytes = raw[:size]
-        else:
-            got = w.skip(padded)
-            if got < size:
-                raise TarTruncated(
-                    f"archive ends at byte {data_offset + got} inside member {name!r} ({got} of {size} bytes)",
-                    offset=data_offset,
-                    member=name,
-                )
+        wanted = kind == "file" and want is not None and size <= max_read_size and want(name, size)
+        data_bytes = _member_data(w, name, size, padded, data_offset, wanted)
         if pending_error is not None:
             yield TarMember(name, member_start, data_offset, size, "special", None, pending_error)
             resync = True
