@@ -254,7 +254,7 @@ def finish(f: Any) -> None:
 def _skip(f: CappedStream, n: int) -> int:
     from nemo_frames.io.tar import _skip as skip_forward
 
-    return skip_forward(f, n, False)  # a decompressing stream cannot seek: read forward
+    return skip_forward(f, n)  # a decompressing stream cannot seek: read forward
 
 
 def read_ranges_compressed(

@@ -122,25 +122,10 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _skip(f: BinaryIO, n: int, seekable: bool, end: int | None = None) -> int:
-    """Skip ``n`` bytes; return how many were actually available.
-
-    ``end`` is the stream's length when the caller knows it: finding it here costs a
-    ``seek(0, 2)``, which also throws away the read buffer, on every member.
-    """
+def _skip(f: BinaryIO, n: int) -> int:
+    """Read ``n`` bytes forward and drop them; return how many were actually available."""
     if n <= 0:
         return 0
-    if seekable:
-        pos = f.tell()
-        # Never seek past the end: a forged size (up to 2**95 in base-256) makes seek raise EINVAL, and
-        # past-EOF seeks succeed silently anyway. Clamp to the end and report how much was there.
-        if end is None:
-            end = f.seek(0, 2)
-        if pos + n <= end:
-            f.seek(n, 1)  # relative: inside the read buffer this is no system call
-            return n
-        f.seek(end)
-        return max(0, end - pos)
     got = 0
     while got < n:
         b = f.read(min(1 << 20, n - got))
@@ -228,7 +213,7 @@ class _Window:
         if gap > 0:
             if self.seekable:
                 self.f.seek(start)
-            elif _skip(self.f, gap, False) < gap:
+            elif _skip(self.f, gap) < gap:
                 self.buf, self.base = b"", fend
                 return head
         need = n - len(head)
@@ -256,7 +241,7 @@ class _Window:
             self.pos += n
             return n
         in_window = max(0, fend - self.pos)
-        got = _skip(self.f, n - in_window, False)
+        got = _skip(self.f, n - in_window)
         self.buf, self.base = b"", fend + got
         self.pos = self.base
         return in_window + got
@@ -380,111 +365,96 @@ def iter_members(
                 )
             raise TarCorrupt(f"zero block at byte {pos} followed by data", offset=pos)
         fast = _fast_header(header)
-        if fast is not None:
-            fast_name, size = fast
-            first = resync = False
-            data_offset = pos + BLOCK
-            if pending_name is not None:
-                fast_name = pending_name
-            if pending_size is not None:
-                size = pending_size
-            start = pos if member_start is None else member_start
-            padded = (size + BLOCK - 1) // BLOCK * BLOCK
-            wanted = want is not None and size <= max_read_size and want(fast_name, size)
-            data_bytes = _member_data(w, fast_name, size, padded, data_offset, wanted)
-            if pending_error is not None:
-                yield TarMember(fast_name, start, data_offset, size, "special", None, pending_error)
-                resync = True
-            else:
-                yield TarMember(fast_name, start, data_offset, size, "file", data_bytes)
-            pos = data_offset + padded
-            pending_name = pending_size = pending_error = None
-            member_start = None
-            continue
-        try:
-            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as exc:
-            if first:
-                raise NotATar(f"not a tar archive: invalid header at byte {pos} ({exc})") from None
-            if resync:
-                pos += BLOCK
-                continue
-            raise TarCorrupt(f"invalid tar header at byte {pos} ({exc})", offset=pos) from None
-        first = False
-        resync = False
+        if fast is None:
+            try:
+                info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as exc:
+                if first:
+                    raise NotATar(f"not a tar archive: invalid header at byte {pos} ({exc})") from None
+                if resync:
+                    pos += BLOCK
+                    continue
+                raise TarCorrupt(f"invalid tar header at byte {pos} ({exc})", offset=pos) from None
+        first = resync = False
         if member_start is None:
             member_start = pos
         data_offset = pos + BLOCK
-        if info.size < 0:
-            # Base-256 lets a header say -1024; seeking by it would move every later locator.
-            name = pending_name if pending_name is not None else info.name
-            yield TarMember(name, member_start, data_offset, 0, "special", None,
-                            f"tar header at byte {pos} gives a negative size ({info.size}); "
-                            "skipped to the next valid header, as GNU tar does")
-            pos = data_offset
-            pending_name = pending_size = pending_error = None
-            member_start = None
-            resync = True
-            continue
-        size = info.size if pending_size is None else pending_size
-        padded = (size + BLOCK - 1) // BLOCK * BLOCK
-        ttype = info.type
-
-        if ttype in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGLINK):
-            ext_size = info.size
-            if ext_size > max_read_size:
-                raise TarCorrupt(f"extended header of {ext_size} bytes at byte {pos} exceeds the cap", offset=pos)
-            data = w.read((ext_size + BLOCK - 1) // BLOCK * BLOCK)
-            if len(data) < ext_size:
-                raise TarTruncated(
-                    f"archive ends at byte {data_offset + len(data)} inside an extended header", offset=data_offset
-                )
-            data = data[:ext_size]
-            if ttype == tarfile.GNUTYPE_LONGNAME:
-                pending_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-            elif ttype == tarfile.XHDTYPE:
-                pax = _parse_pax(data)
-                if "path" in pax:
-                    pending_name = pax["path"]
-                if "size" in pax:
-                    raw_size = pax["size"].strip()
-                    if raw_size.isdigit():  # digits only: no sign, no spaces inside (GNU tar's rule)
-                        pending_size = int(raw_size)
-                    else:
-                        # GNU tar ignores such a record and uses the ustar header's size.
-                        pending_error = (
-                            f"PAX header at byte {pos} gives size={pax['size'][:40]!r}, not a non-negative "
-                            "integer; ignored it (GNU tar does too) and skipped to the next valid header"
-                        )
-            pos = data_offset + (ext_size + BLOCK - 1) // BLOCK * BLOCK
-            continue
-
-        if ttype == tarfile.GNUTYPE_SPARSE and header[482]:
-            # Old-GNU sparse: more sparse-map blocks follow the header (each flags whether another
-            # follows at byte 504) before the member's data.
-            while True:
-                ext_block = w.read(BLOCK)
-                if len(ext_block) < BLOCK:
-                    raise TarTruncated(
-                        f"archive ends at byte {data_offset + len(ext_block)} inside a sparse header",
-                        offset=data_offset,
-                    )
-                data_offset += BLOCK
-                if not ext_block[504]:
-                    break
-
-        name = pending_name if pending_name is not None else info.name
-        if ttype in tarfile.REGULAR_TYPES and ttype != tarfile.GNUTYPE_SPARSE:
-            kind: MemberKind = "file"
-        elif ttype == tarfile.DIRTYPE:
-            kind = "dir"
-        elif ttype in (tarfile.SYMTYPE, tarfile.LNKTYPE):
-            kind = "link"
+        kind: MemberKind
+        if fast is not None:
+            name = fast[0] if pending_name is None else pending_name
+            size = fast[1] if pending_size is None else pending_size
+            kind = "file"
         else:
-            kind = "special"
-        if kind in ("dir", "link"):
-            # Links carry no data (their size field is meaningless); directories have none.
-            size = padded = 0
+            if info.size < 0:
+                # Base-256 lets a header say -1024; seeking by it would move every later locator.
+                name = pending_name if pending_name is not None else info.name
+                yield TarMember(name, member_start, data_offset, 0, "special", None,
+                                f"tar header at byte {pos} gives a negative size ({info.size}); "
+                                "skipped to the next valid header, as GNU tar does")
+                pos = data_offset
+                pending_name = pending_size = pending_error = None
+                member_start = None
+                resync = True
+                continue
+            size = info.size if pending_size is None else pending_size
+            ttype = info.type
+
+            if ttype in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGLINK):
+                ext_size = info.size
+                if ext_size > max_read_size:
+                    raise TarCorrupt(f"extended header of {ext_size} bytes at byte {pos} exceeds the cap", offset=pos)
+                data = w.read((ext_size + BLOCK - 1) // BLOCK * BLOCK)
+                if len(data) < ext_size:
+                    raise TarTruncated(
+                        f"archive ends at byte {data_offset + len(data)} inside an extended header", offset=data_offset
+                    )
+                data = data[:ext_size]
+                if ttype == tarfile.GNUTYPE_LONGNAME:
+                    pending_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+                elif ttype == tarfile.XHDTYPE:
+                    pax = _parse_pax(data)
+                    if "path" in pax:
+                        pending_name = pax["path"]
+                    if "size" in pax:
+                        raw_size = pax["size"].strip()
+                        if raw_size.isdigit():  # digits only: no sign, no spaces inside (GNU tar's rule)
+                            pending_size = int(raw_size)
+                        else:
+                            # GNU tar ignores such a record and uses the ustar header's size.
+                            pending_error = (
+                                f"PAX header at byte {pos} gives size={pax['size'][:40]!r}, not a non-negative "
+                                "integer; ignored it (GNU tar does too) and skipped to the next valid header"
+                            )
+                pos = data_offset + (ext_size + BLOCK - 1) // BLOCK * BLOCK
+                continue
+
+            if ttype == tarfile.GNUTYPE_SPARSE and header[482]:
+                # Old-GNU sparse: more sparse-map blocks follow the header (each flags whether another
+                # follows at byte 504) before the member's data.
+                while True:
+                    ext_block = w.read(BLOCK)
+                    if len(ext_block) < BLOCK:
+                        raise TarTruncated(
+                            f"archive ends at byte {data_offset + len(ext_block)} inside a sparse header",
+                            offset=data_offset,
+                        )
+                    data_offset += BLOCK
+                    if not ext_block[504]:
+                        break
+
+            name = pending_name if pending_name is not None else info.name
+            if ttype in tarfile.REGULAR_TYPES and ttype != tarfile.GNUTYPE_SPARSE:
+                kind = "file"
+            elif ttype == tarfile.DIRTYPE:
+                kind = "dir"
+            elif ttype in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                kind = "link"
+            else:
+                kind = "special"
+            if kind in ("dir", "link"):
+                # Links carry no data (their size field is meaningless); directories have none.
+                size = 0
+        padded = (size + BLOCK - 1) // BLOCK * BLOCK
         wanted = kind == "file" and want is not None and size <= max_read_size and want(name, size)
         data_bytes = _member_data(w, name, size, padded, data_offset, wanted)
         if pending_error is not None:

@@ -71,18 +71,14 @@ def _split_key(name: str) -> tuple[str, str] | None:
 
 
 def _readable_name(name: str) -> str | None:
-    if name.isascii():
-        return None
-    return _escaped_name(name)
-
-
-def _escaped_name(name: str) -> str | None:
     """``name`` with its undecodable bytes escaped (``caf\\xe9.jpg``), or None when it is valid UTF-8.
 
     Tar names are bytes; the reader decodes them as UTF-8 with ``surrogateescape``, so a name
     that is not UTF-8 (Latin-1 ``caf\xe9.jpg``, a PAX path with ``hdrcharset=BINARY``) arrives with
     lone surrogates, which Arrow, JSON and most file systems refuse.
     """
+    if name.isascii():
+        return None
     try:
         name.encode("utf-8")
         return None
@@ -308,7 +304,7 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
                     if m.kind == "dir":
                         continue
                     bad_name = None
-                    readable = None if m.name.isascii() else _escaped_name(m.name)
+                    readable = _readable_name(m.name)
                     if readable is not None:
                         # Keep the sample as an error row under its escaped name, never drop it.
                         bad_name = (
@@ -316,15 +312,8 @@ def scan_shard(url: str, cfg: ScanConfig, fields: dict[str, str], storage_option
                             "WebDataset keys are text: rename the member in the shard"
                         )
                         m = dataclasses.replace(m, name=readable)
-                    name = m.name
-                    # The common name (printable, relative, no "..", no backslash) is decided inline.
-                    unsafe = (
-                        None
-                        if name.isprintable() and ".." not in name and "\\" not in name
-                        and name[:1] != "/" and name[1:2] != ":"
-                        else _unsafe_reason(name)
-                    )
-                    sk = _split_key(name)
+                    unsafe = _unsafe_reason(m.name)
+                    sk = _split_key(m.name)
                     if sk is None:
                         close()
                         rows.append(
